@@ -1,0 +1,54 @@
+// Package dataplane writes podwall's chains and sets into the kernel of the
+// network namespace it runs in: the per-pod default-deny chains and dispatch
+// the plugin installs at ADD, and the policy chains and sets the agent
+// converges to. It is the only package that runs iptables and ipset.
+//
+// The layout it maintains is documented in README.md ("Kernel layout").
+package dataplane
+
+import (
+	"net/netip"
+)
+
+// Layout says how a pod's host-side interface is attached.
+type Layout string
+
+const (
+	// LayoutBridge: the host veth is a port of a Linux bridge; pod traffic
+	// is matched with physdev (bridge netfilter).
+	LayoutBridge Layout = "bridge"
+	// LayoutRouted: the host veth is routed (ptp); matched with -i/-o.
+	LayoutRouted Layout = "routed"
+)
+
+// Pod is one attachment as the dataplane knows it.
+type Pod struct {
+	Key         string
+	Network     string
+	ContainerID string
+	IfName      string
+	Namespace   string
+	Name        string
+	// IPs of the pod; a family without one drops all traffic of that family.
+	IPs       []netip.Addr
+	HostIface string
+	Layout    Layout
+}
+
+// Config locates the dataplane's state.
+type Config struct {
+	// StateDir holds the lock that every writer of podwall's iptables state
+	// takes (the directory of the agent's socket).
+	StateDir string
+}
+
+// ApplyStats says what one Apply changed.
+type ApplyStats struct {
+	ChainsWritten  int
+	ChainsDeleted  int
+	SetsCreated    int
+	SetsDestroyed  int
+	EntriesAdded   int
+	EntriesDeleted int
+	Unchanged      bool
+}

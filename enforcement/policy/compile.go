@@ -1,0 +1,393 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Compile computes the ipsets and chains that enforce the policies for the
+// node's attached pods. Objects that cannot be compiled as written are
+// reported in Desired.Problems and handled fail-closed (see the package
+// documentation); the error is only for input that makes the whole result
+// meaningless, such as an unknown mode.
+func Compile(in Input) (*Desired, error) {
+	mode, err := ParseMode(string(in.Mode))
+	if err != nil {
+		return nil, err
+	}
+	c := &compiler{
+		mode:     mode,
+		cluster:  newCluster(in.Namespaces, in.Pods),
+		sets:     newSetRegistry(),
+		selCache: map[string][]*podInfo{},
+		byNS:     map[string][]*parsedPolicy{},
+	}
+	c.problems = append(c.problems, c.cluster.problems...)
+	c.parsePolicies(in)
+
+	d := &Desired{}
+	attachments := c.attachments(in)
+	for _, att := range attachments {
+		lp, chains, err := c.compileAttachment(att)
+		if err != nil {
+			return nil, err
+		}
+		d.Pods = append(d.Pods, lp...)
+		d.Chains = append(d.Chains, chains...)
+	}
+	d.Pending = c.pending(in, attachments)
+	d.Sets = c.sets.finish()
+	slices.SortFunc(d.Chains, func(a, b Chain) int {
+		return cmp.Or(cmp.Compare(a.Family, b.Family), cmp.Compare(a.Name, b.Name))
+	})
+	slices.SortFunc(d.Pods, func(a, b LocalPod) int { return compareRef(a.Pod, b.Pod) })
+	d.Problems = c.problems
+	slices.SortStableFunc(d.Problems, func(a, b Problem) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
+			cmp.Compare(a.Err.Error(), b.Err.Error()))
+	})
+	return d, nil
+}
+
+type compiler struct {
+	mode     Mode
+	cluster  *cluster
+	policies []*parsedPolicy
+	byNS     map[string][]*parsedPolicy
+	sets     *setRegistry
+	selCache map[string][]*podInfo
+	problems []Problem
+}
+
+func (c *compiler) problem(kind string, ref Ref, err error) {
+	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
+}
+
+func (c *compiler) parsePolicies(in Input) {
+	seen := map[Ref]bool{}
+	for i := range in.Policies {
+		p := parsePolicy(&in.Policies[i])
+		if seen[p.ref] {
+			c.problem("NetworkPolicy", p.ref, errors.New("listed more than once; the first one counts"))
+			continue
+		}
+		seen[p.ref] = true
+		if p.err != nil {
+			c.problem("NetworkPolicy", p.ref, fmt.Errorf("invalid, so it allows nothing but still isolates the pods it selects: %w", p.err))
+		}
+		c.policies = append(c.policies, p)
+	}
+	slices.SortFunc(c.policies, func(a, b *parsedPolicy) int { return compareRef(a.ref, b.ref) })
+	for _, p := range c.policies {
+		c.byNS[p.ref.Namespace] = append(c.byNS[p.ref.Namespace], p)
+	}
+}
+
+// attachment is one chain key and the pods that claim it: normally one.
+type attachment struct {
+	key  string
+	refs []Ref
+}
+
+func (c *compiler) attachments(in Input) []attachment {
+	byKey := map[string][]Ref{}
+	for ref, key := range in.ChainKeys {
+		if ref.Namespace == "" {
+			ref.Namespace = corev1.NamespaceDefault
+		}
+		if err := ValidateChainKey(key); err != nil {
+			c.problem("ChainKey", ref, fmt.Errorf("no chains: %w", err))
+			continue
+		}
+		byKey[key] = append(byKey[key], ref)
+		if p := c.cluster.byRef[ref]; p != nil && in.Node != "" && p.node != "" && p.node != in.Node {
+			c.problem("ChainKey", ref, fmt.Errorf("pod is scheduled on node %q but attached here (%q); enforcing here", p.node, in.Node))
+		}
+	}
+	out := make([]attachment, 0, len(byKey))
+	for key, refs := range byKey {
+		slices.SortFunc(refs, compareRef)
+		out = append(out, attachment{key: key, refs: refs})
+	}
+	slices.SortFunc(out, func(a, b attachment) int { return strings.Compare(a.key, b.key) })
+	return out
+}
+
+// pending lists the pods scheduled here that have no usable chain key.
+func (c *compiler) pending(in Input, attachments []attachment) []Ref {
+	if in.Node == "" {
+		return nil
+	}
+	keyed := map[Ref]bool{}
+	for _, att := range attachments {
+		for _, ref := range att.refs {
+			keyed[ref] = true
+		}
+	}
+	var out []Ref
+	for _, p := range c.cluster.pods {
+		if !keyed[p.ref] && p.node == in.Node {
+			out = append(out, p.ref)
+		}
+	}
+	return out
+}
+
+func (c *compiler) compileAttachment(att attachment) ([]LocalPod, []Chain, error) {
+	inName, outName, err := ChainNames(att.key)
+	if err != nil {
+		return nil, nil, err
+	}
+	var pods []LocalPod
+	for _, ref := range att.refs {
+		lp := LocalPod{Pod: ref, Key: att.key, IngressChain: inName, EgressChain: outName}
+		if p := c.cluster.byRef[ref]; p != nil {
+			lp.IPs = slices.Clone(p.ips)
+		}
+		pods = append(pods, lp)
+	}
+	owner := att.refs[0]
+	if len(att.refs) > 1 {
+		for _, ref := range att.refs {
+			c.problem("ChainKey", ref, fmt.Errorf("chain key %s is claimed by %d pods; all their traffic is dropped", att.key, len(att.refs)))
+		}
+	}
+	var chains []Chain
+	for _, f := range Families() {
+		for _, dir := range []Direction{Ingress, Egress} {
+			name := inName
+			if dir == Egress {
+				name = outName
+			}
+			var rules []Rule
+			if len(att.refs) > 1 {
+				rules = []Rule{withComment(nil, fmt.Sprintf("%s %s: chain key shared by %d pods, drop all", owner, dir, len(att.refs)), TargetDeny)}
+			} else {
+				rules, err = c.podRules(owner, c.cluster.byRef[owner], f, dir)
+				if err != nil {
+					return nil, nil, err
+				}
+			}
+			chains = append(chains, Chain{Family: f, Name: name, Pod: owner, Direction: dir, Rules: rules})
+		}
+	}
+	return pods, chains, nil
+}
+
+// podRules is the chain of one pod, one family, one direction.
+func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]Rule, error) {
+	who := ref.String() + " " + string(dir)
+	if pod == nil {
+		return []Rule{withComment(nil, who+": pod unknown to the policy engine, drop all", TargetDeny)}, nil
+	}
+	if len(pod.addrs(f)) == 0 {
+		return []Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
+	}
+	var selecting []*parsedPolicy
+	for _, p := range c.byNS[ref.Namespace] {
+		if p.affects(dir) && p.podSel.matches(pod.labels) {
+			selecting = append(selecting, p)
+		}
+	}
+	if len(selecting) == 0 {
+		if c.mode == ModeKubernetes {
+			return []Rule{withComment(nil, who+": no policy selects this pod, allow all (kubernetes mode)", TargetAllow)}, nil
+		}
+		return []Rule{withComment(nil, who+": no policy selects this pod, default deny (deny mode)", TargetDeny)}, nil
+	}
+	var out []Rule
+	seen := map[string]bool{}
+	for _, p := range selecting {
+		rules, err := c.policyRules(who, pod, f, dir, p)
+		if err != nil {
+			return nil, err
+		}
+		if len(rules) == 0 {
+			why := "allows nothing here"
+			if p.err != nil {
+				why = "is invalid and allows nothing"
+			}
+			// A rule without a target changes nothing; it shows who
+			// isolates the pod.
+			rules = []Rule{withComment(nil, fmt.Sprintf("%s: isolated by %s, which %s", who, p.ref, why), "")}
+		}
+		for _, r := range rules {
+			k := strings.Join(r, "\x00")
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, r)
+			}
+		}
+	}
+	out = append(out, withComment(nil, fmt.Sprintf("%s: default deny (selected by %s)", who, policyList(selecting)), TargetDeny))
+	return out, nil
+}
+
+func policyList(ps []*parsedPolicy) string {
+	const shown = 3
+	names := make([]string, 0, shown)
+	for i, p := range ps {
+		if i == shown {
+			return strings.Join(names, ", ") + fmt.Sprintf(" and %d more", len(ps)-shown)
+		}
+		names = append(names, p.ref.String())
+	}
+	return strings.Join(names, ", ")
+}
+
+// peerMatch is the peer part of a rule; nil args match any peer.
+type peerMatch struct {
+	args []string
+	desc string
+}
+
+// policyRules renders what one policy allows for one pod, in rule order.
+func (c *compiler) policyRules(who string, pod *podInfo, f Family, dir Direction, p *parsedPolicy) ([]Rule, error) {
+	flag, preposition, anyone := "src", "from", "any source"
+	if dir == Egress {
+		flag, preposition, anyone = "dst", "to", "any destination"
+	}
+	var out []Rule
+	for _, r := range p.rules(dir) {
+		label := fmt.Sprintf("%s: allowed by %s rule %d %s ", who, p.ref, r.number, preposition)
+
+		ports, named := c.rulePorts(pod, dir, r)
+		if !r.anyPort && len(ports) == 0 && len(named) == 0 {
+			continue // only named ports, and none resolves: allows nothing
+		}
+
+		var peers []peerMatch
+		if r.anyPeer {
+			peers = []peerMatch{{desc: anyone}}
+		}
+		for _, pe := range r.peers {
+			if len(ports) == 0 {
+				break // only named egress ports, which have sets of their own
+			}
+			var name, desc string
+			var err error
+			switch {
+			case pe.pods != nil:
+				name, err = c.podSet(pe.pods, f)
+				desc = pe.pods.desc
+			case pe.block.family() == f:
+				name, err = c.cidrSet(pe.block)
+				desc = pe.block.desc
+			default:
+				continue // an ipBlock of the other family matches nothing here
+			}
+			if err != nil {
+				return nil, err
+			}
+			peers = append(peers, peerMatch{args: []string{"-m", "set", "--match-set", name, flag}, desc: desc})
+		}
+
+		for _, pm := range peers {
+			for _, port := range ports {
+				var args []string
+				if port.proto != "" {
+					args = append(args, "-p", port.proto)
+				}
+				args = append(args, pm.args...)
+				args = append(args, port.args...)
+				out = append(out, withComment(args, label+pm.desc, TargetAllow))
+			}
+		}
+
+		for _, np := range named {
+			sets, err := c.namedPortPeers(r, np, f)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range sets {
+				args := []string{"-m", "set", "--match-set", s.args[0], "dst,dst"}
+				out = append(out, withComment(args, label+s.desc, TargetAllow))
+			}
+		}
+	}
+	return out, nil
+}
+
+// rulePorts splits a rule's ports into matches on numbers and, for egress,
+// the named ports that must be resolved on each destination. Ingress named
+// ports resolve on the pod itself. With no ports at all it returns one
+// match for anything.
+func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portMatch, []portSpec) {
+	if r.anyPort {
+		return []portMatch{{}}, nil
+	}
+	anyPort := map[corev1.Protocol]bool{}
+	ranges := map[corev1.Protocol][]portRange{}
+	var named []portSpec
+	for _, ps := range r.ports {
+		switch {
+		case ps.anyPort:
+			anyPort[ps.proto] = true
+		case ps.name == "":
+			ranges[ps.proto] = append(ranges[ps.proto], portRange{ps.first, ps.last})
+		case dir == Ingress:
+			for _, n := range pod.namedPort(ps.name, ps.proto) {
+				ranges[ps.proto] = append(ranges[ps.proto], portRange{n, n})
+			}
+		default:
+			named = append(named, ps)
+		}
+	}
+	// A named port is covered when its protocol is open on every port.
+	named = slices.DeleteFunc(named, func(ps portSpec) bool { return anyPort[ps.proto] })
+	slices.SortFunc(named, func(a, b portSpec) int {
+		return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.name, b.name))
+	})
+	named = slices.Compact(named)
+	return portMatches(anyPort, ranges), named
+}
+
+// namedPortPeers returns, for an egress named port, one hash:ip,port set per
+// peer of the rule (args[0] is the set name).
+func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f Family) ([]peerMatch, error) {
+	suffix := " on port " + np.String()
+	if r.anyPeer {
+		name, err := c.namedPortSet(allPodsPeer(), nil, np, f)
+		if err != nil {
+			return nil, err
+		}
+		return []peerMatch{{args: []string{name}, desc: "any pod" + suffix}}, nil
+	}
+	var out []peerMatch
+	for _, pe := range r.peers {
+		var name, desc string
+		var err error
+		switch {
+		case pe.pods != nil:
+			name, err = c.namedPortSet(pe.pods, nil, np, f)
+			desc = pe.pods.desc
+		case pe.block.family() == f:
+			name, err = c.namedPortSet(nil, pe.block, np, f)
+			desc = "pods in " + pe.block.desc
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, peerMatch{args: []string{name}, desc: desc + suffix})
+	}
+	return out, nil
+}
+
+// selected is the pods a pod peer selects, computed once per peer content.
+func (c *compiler) selected(pp *podPeer) []*podInfo {
+	if pods, ok := c.selCache[pp.key]; ok {
+		return pods
+	}
+	pods := c.cluster.podsSelectedBy(pp)
+	c.selCache[pp.key] = pods
+	return pods
+}
+
+func (c *compiler) allPeerPods() []*podInfo { return c.selected(allPodsPeer()) }

@@ -1,0 +1,183 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// setRegistry hands out set names by content and fills the sets in at the
+// end, so a set is computed once however many rules use it.
+type setRegistry struct {
+	sets map[string]*pendingSet
+}
+
+type pendingSet struct {
+	set     IPSet
+	key     string
+	members func() []string
+}
+
+func newSetRegistry() *setRegistry { return &setRegistry{sets: map[string]*pendingSet{}} }
+
+func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment string, members func() []string) (string, error) {
+	name := setName(kind, f, key)
+	if s, ok := r.sets[name]; ok {
+		if s.key != key {
+			return "", fmt.Errorf("set name collision: %s stands for both %q and %q", name, s.key, key)
+		}
+		return name, nil
+	}
+	r.sets[name] = &pendingSet{
+		set:     IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
+		key:     key,
+		members: members,
+	}
+	return name, nil
+}
+
+func (r *setRegistry) finish() []IPSet {
+	out := make([]IPSet, 0, len(r.sets))
+	for _, s := range r.sets {
+		set := s.set
+		set.Members = s.members()
+		out = append(out, set)
+	}
+	slices.SortFunc(out, func(a, b IPSet) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// podSet names the hash:ip set of the pods a peer selects.
+func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
+	return c.sets.use(kindPods, f, SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func() []string {
+		var addrs []netip.Addr
+		for _, p := range c.selected(pp) {
+			addrs = append(addrs, p.addrs(f)...)
+		}
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		addrs = slices.Compact(addrs)
+		out := make([]string, len(addrs))
+		for i, a := range addrs {
+			out[i] = a.String()
+		}
+		return out
+	})
+}
+
+// cidrSet names the hash:net set of an ipBlock. The block is the positive
+// entry and each except a nomatch entry: hash:net answers with the longest
+// matching prefix, so an address inside an except does not match.
+func (c *compiler) cidrSet(b *ipBlock) (string, error) {
+	f := b.family()
+	return c.sets.use(kindCIDR, f, SetHashNet, b.key, b.desc, func() []string { return cidrMembers(b) })
+}
+
+func cidrMembers(b *ipBlock) []string {
+	nomatch := map[netip.Prefix]bool{}
+	// hash:net cannot hold a /0, but its two halves mean the same.
+	if b.cidr.Bits() == 0 {
+		for _, half := range halves(b.cidr) {
+			nomatch[half] = false
+		}
+	} else {
+		nomatch[b.cidr] = false
+	}
+	// An except equal to a half of a /0 replaces that half: the same
+	// element cannot be in a set both with and without nomatch.
+	for _, e := range b.except {
+		nomatch[e] = true
+	}
+	prefixes := make([]netip.Prefix, 0, len(nomatch))
+	for p := range nomatch {
+		prefixes = append(prefixes, p)
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	out := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		out[i] = formatNet(p)
+		if nomatch[p] {
+			out[i] += " nomatch"
+		}
+	}
+	return out
+}
+
+func halves(zero netip.Prefix) []netip.Prefix {
+	lo := netip.PrefixFrom(zero.Addr(), 1)
+	hiBytes := zero.Addr().AsSlice()
+	hiBytes[0] = 0x80
+	hi, _ := netip.AddrFromSlice(hiBytes)
+	return []netip.Prefix{lo, netip.PrefixFrom(hi, 1)}
+}
+
+// formatNet writes a prefix the way `ipset list` shows hash:net members:
+// host prefixes without their length.
+func formatNet(p netip.Prefix) string {
+	if p.Bits() == p.Addr().BitLen() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// namedPortSet names the hash:ip,port set of (address, protocol, port) for
+// every pod the peer covers that serves the named port: the egress side of a
+// named port, which resolves on each destination pod separately. A nil
+// peer means every pod; an ipBlock peer means every pod whose address is in
+// the block.
+func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f Family) (string, error) {
+	proto := ipsetProto(port.proto)
+	var key, desc string
+	switch {
+	case b != nil:
+		key, desc = "block:"+b.key, "pods in "+b.desc
+	default:
+		key, desc = "pods:"+pp.key, pp.desc
+	}
+	key += "|port:" + proto + "/" + port.name
+	desc += " serving " + port.name + " (" + proto + ", " + f.String() + ")"
+	return c.sets.use(kindPodPort, f, SetHashIPPort, key, desc, func() []string {
+		var pods []*podInfo
+		if b != nil {
+			pods = c.allPeerPods()
+		} else {
+			pods = c.selected(pp)
+		}
+		type entry struct {
+			addr netip.Addr
+			port uint16
+		}
+		var entries []entry
+		for _, p := range pods {
+			ports := p.namedPort(port.name, port.proto)
+			if len(ports) == 0 {
+				continue
+			}
+			for _, a := range p.addrs(f) {
+				if b != nil && !b.contains(a) {
+					continue
+				}
+				for _, n := range ports {
+					entries = append(entries, entry{a, n})
+				}
+			}
+		}
+		slices.SortFunc(entries, func(x, y entry) int {
+			if c := x.addr.Compare(y.addr); c != 0 {
+				return c
+			}
+			return int(x.port) - int(y.port)
+		})
+		entries = slices.Compact(entries)
+		out := make([]string, len(entries))
+		for i, e := range entries {
+			out[i] = fmt.Sprintf("%s,%s:%d", e.addr, proto, e.port)
+		}
+		return out
+	})
+}
+
+// ipsetProto is the protocol as ipset and iptables spell it.
+func ipsetProto(p corev1.Protocol) string { return strings.ToLower(string(p)) }

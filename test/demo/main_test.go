@@ -1,0 +1,9 @@
+package demo
+
+import (
+	"testing"
+
+	"github.com/podwall/podwall/test/harness"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
