@@ -1,8 +1,15 @@
 // Package filestore keeps podwall-ipam's allocations in a data directory, one
-// small file per reserved address and one per attachment, so that every
-// operation touches a constant number of files (no scan of the directory),
-// and every change is a single atomic link or rename: a process killed at any
-// instant leaves either the old or the new state, never a torn file.
+// entry per reserved address and one per attachment, so that every operation
+// touches a constant number of entries (no scan of the directory).
+//
+// Each entry is a symbolic link whose target is its content (JSON). symlink(2)
+// creates the name and its content in one atomic step and fails if the name
+// exists; readlink(2) reads it in one call. So a process killed at any instant
+// leaves either no entry or a whole one, never a torn or empty file, and an
+// ADD costs two directory insertions instead of the create-write-link-unlink
+// dance of regular files: under hundreds of concurrent ADDs, directory locks
+// and inode allocation are where the time goes. Regular files found in the
+// directory (garbage, or hand-made) are still read.
 //
 // Durability across power loss is not sought: pod network namespaces do not
 // survive a reboot, and the runtime's GC reconciles what remains.
@@ -176,7 +183,7 @@ func (s *Store) replace(path string, data []byte) error {
 
 // Record implements ipam.Store.
 func (s *Store) Record(att ipam.Attachment) (ipam.Record, bool, error) {
-	data, err := readRegular(filepath.Join(s.dir, recordsDir, recordName(att)))
+	data, err := readEntry(filepath.Join(s.dir, recordsDir, recordName(att)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return ipam.Record{}, false, nil
 	}
@@ -217,33 +224,21 @@ func (s *Store) PutRecord(rec ipam.Record) error {
 		return err
 	}
 	path := filepath.Join(s.dir, recordsDir, recordName(rec.Attachment))
-	created, err := createWhole(path, append(data, '\n'))
-	if err != nil || created {
+	err = os.Symlink(string(data), path)
+	if !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return s.replace(path, append(data, '\n'))
-}
-
-// createWhole creates path with data in one write, if path does not exist.
-// A kill cannot tear a single small write to a regular file; it can only
-// land between create and write, leaving an empty file, which readers treat
-// as garbage and recover from. This spares the temporary file and rename
-// (a new inode each) that replace costs: on ext4, inode allocation after
-// many deletions is what concurrent ADDs would otherwise queue on.
-func createWhole(path string, data []byte) (created bool, err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return false, nil
+	// Replacing: a new entry beside it, renamed over it.
+	tmp := filepath.Join(s.dir, tmpDir, fmt.Sprintf("r-%d-%s", os.Getpid(), recordName(rec.Attachment)))
+	_ = os.Remove(tmp)
+	if err := os.Symlink(string(data), tmp); err != nil {
+		return err
 	}
-	if err != nil {
-		return false, err
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
 	}
-	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close()); err != nil {
-		os.Remove(path)
-		return false, err
-	}
-	return true, nil
+	return nil
 }
 
 // DeleteRecord implements ipam.Store.
@@ -255,22 +250,25 @@ func (s *Store) DeleteRecord(att ipam.Attachment) error {
 	return err
 }
 
-// Reserve implements ipam.Store: the reservation appears complete or not at
-// all, because it is linked into place from a fully written file, and link
-// fails if the name exists. It is a file of its own, not a link to the
-// record: garbage in one must never take the other with it, or GC could no
-// longer tell that a live pod holds the address.
+// Reserve implements ipam.Store: the reservation appears with its owner or
+// not at all, and fails if the name exists. It is a hard link to att's
+// record entry (the allocator always writes the record first), which names
+// the owner: no inode to allocate, the costliest part of creating an entry.
+// Sharing is safe because entries are never changed in place: a record is
+// replaced by renaming a new entry over its name, which leaves the
+// reservation on the old one, naming the same owner; and garbage written
+// over one name replaces that name only.
 func (s *Store) Reserve(ip netip.Addr, att ipam.Attachment) error {
-	data, err := json.Marshal(att)
-	if err != nil {
-		return err
+	target := filepath.Join(s.dir, reservationsDir, ip.String())
+	err := os.Link(filepath.Join(s.dir, recordsDir, recordName(att)), target)
+	if errors.Is(err, fs.ErrNotExist) {
+		// No record to share (not the allocator's order): an entry of its own.
+		var data []byte
+		if data, err = json.Marshal(att); err != nil {
+			return err
+		}
+		err = os.Symlink(string(data), target)
 	}
-	tmp, err := s.writeTemp(append(data, '\n'))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	err = os.Link(tmp, filepath.Join(s.dir, reservationsDir, ip.String()))
 	if errors.Is(err, fs.ErrExist) {
 		return ipam.ErrReserved
 	}
@@ -280,15 +278,15 @@ func (s *Store) Reserve(ip netip.Addr, att ipam.Attachment) error {
 // Owner implements ipam.Store.
 func (s *Store) Owner(ip netip.Addr) (ipam.Attachment, ipam.OwnerState, error) {
 	path := filepath.Join(s.dir, reservationsDir, ip.String())
-	data, err := readRegular(path)
+	data, err := readEntry(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return ipam.Attachment{}, ipam.Free, nil
 	}
 	if errors.Is(err, errNotRegular) {
 		// Something that is not ours sits at the address's name (a
-		// directory, a link, a fifo): the name is taken, so the address
-		// is not free, and it is no reason to fail every allocation.
-		s.log.Warn("reservation is not a regular file; the address stays taken", "file", path)
+		// directory, a fifo): the name is taken, so the address is not
+		// free, and it is no reason to fail every allocation.
+		s.log.Warn("reservation is neither an entry nor a regular file; the address stays taken", "file", path)
 		return ipam.Attachment{}, ipam.Unreadable, nil
 	}
 	if err != nil {
@@ -382,12 +380,12 @@ func (s *Store) Scan() (ipam.Scan, error) {
 	}
 	for _, e := range entries {
 		path := filepath.Join(recDir, e.Name())
-		data, err := readRegular(path)
+		data, err := readEntry(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if errors.Is(err, errNotRegular) {
-			scan.Problems = append(scan.Problems, fmt.Sprintf("%s: not an attachment record (not a regular file)", path))
+			scan.Problems = append(scan.Problems, fmt.Sprintf("%s: not an attachment record (neither an entry nor a regular file)", path))
 			continue
 		}
 		if err != nil {
@@ -452,6 +450,19 @@ func (s *Store) Probe() error {
 }
 
 var errNotRegular = errors.New("not a regular file")
+
+// readEntry returns an entry's content: a symbolic link's target, or a
+// regular file's bytes.
+func readEntry(path string) ([]byte, error) {
+	target, err := os.Readlink(path)
+	if err == nil {
+		return []byte(target), nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return nil, err // fs.ErrNotExist included
+	}
+	return readRegular(path)
+}
 
 // readRegular reads a file that must be a regular file. It neither follows
 // links nor blocks on a fifo someone left in the data dir.

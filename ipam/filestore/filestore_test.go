@@ -29,8 +29,13 @@ func open(t *testing.T, dataDir string) *Store {
 	return st
 }
 
+// write puts a regular file with content at path, replacing any entry there
+// (garbage as an admin's editor or a broken disk would leave it).
 func write(t *testing.T, path, content string) {
 	t.Helper()
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +187,7 @@ func TestGarbageRecordIsUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(st.Dir(), recordsDir, recordName(a1))
-	full, err := os.ReadFile(path)
+	full, err := readEntry(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,9 +52,13 @@ func BenchmarkIPAMConcurrentAddDel(b *testing.B) {
 			results[p.name] = concurrentAddDel(b, node, pod, p.name, stdin, containers)
 			single[p.name] = sequentialAdds(b, node, pod, p.name, stdin, sequential)
 		}
+		// The floor: the same number of executions doing nothing but
+		// answering VERSION. No IPAM plugin can be faster than this here.
+		floor := concurrentVersion(b, node, pod, containers)
 		hl, pw := results["host-local"], results["podwall-ipam"]
 		b.Logf("\n%d concurrent ADD+DEL, each plugin executed per operation:\n"+
 			"%-14s %10s %10s %10s %10s %10s\n"+
+			"%-14s %10v %10v %10v %10v %10v\n"+
 			"%-14s %10v %10v %10v %10v %10v\n"+
 			"%-14s %10v %10v %10v %10v %10v\n"+
 			"single ADD p50 (%d sequential): host-local %v, podwall-ipam %v",
@@ -62,11 +66,13 @@ func BenchmarkIPAMConcurrentAddDel(b *testing.B) {
 			"plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "wall",
 			"host-local", r(percentile(hl.add, .5)), r(percentile(hl.add, .99)), r(percentile(hl.del, .5)), r(percentile(hl.del, .99)), r(hl.wall),
 			"podwall-ipam", r(percentile(pw.add, .5)), r(percentile(pw.add, .99)), r(percentile(pw.del, .5)), r(percentile(pw.del, .99)), r(pw.wall),
+			"exec floor", r(percentile(floor.add, .5)), r(percentile(floor.add, .99)), r(percentile(floor.del, .5)), r(percentile(floor.del, .99)), r(floor.wall),
 			sequential, r(percentile(single["host-local"], .5)), r(percentile(single["podwall-ipam"], .5)))
 		ratio := func(a, base time.Duration) float64 { return float64(a) / float64(base) }
 		b.ReportMetric(ratio(percentile(pw.add, .99), percentile(hl.add, .99)), "p99-ADD-ratio(target<=0.25)")
 		b.ReportMetric(ratio(percentile(pw.add, .5), percentile(hl.add, .5)), "p50-ADD-ratio")
 		b.ReportMetric(ratio(pw.wall, hl.wall), "wall-ratio")
+		b.ReportMetric(ratio(percentile(floor.add, .99), percentile(hl.add, .99)), "floor-p99-ratio")
 		b.ReportMetric(ratio(percentile(single["podwall-ipam"], .5), percentile(single["host-local"], .5)), "single-ADD-p50-ratio(target<=1)")
 	}
 }
@@ -101,6 +107,39 @@ func concurrentAddDel(b *testing.B, node *harness.Node, pod *harness.Pod, plugin
 	for _, err := range errs {
 		if err != nil {
 			b.Fatalf("%s: %v", plugin, err)
+		}
+	}
+	return l
+}
+
+// concurrentVersion runs the same pattern as concurrentAddDel with VERSION
+// commands of podwall-ipam: the cost of executing a plugin at all.
+func concurrentVersion(b *testing.B, node *harness.Node, pod *harness.Pod, n int) latencies {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stdin := []byte(`{"cniVersion":"1.1.0"}`)
+	l := latencies{add: make([]time.Duration, n), del: make([]time.Duration, n)}
+	errs := make([]error, n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			l.add[i], err = run(ctx, node, pod, "podwall-ipam", "VERSION", "floor", stdin)
+			if err == nil {
+				l.del[i], err = run(ctx, node, pod, "podwall-ipam", "VERSION", "floor", stdin)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	l.wall = time.Since(start)
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
 		}
 	}
 	return l

@@ -197,7 +197,7 @@ func assertConsistent(t *testing.T, netDir string, completed map[string][]netip.
 		t.Fatal(err)
 	}
 	for _, e := range recs {
-		data, err := os.ReadFile(filepath.Join(netDir, "attachments", e.Name()))
+		data, err := readEntry(filepath.Join(netDir, "attachments", e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,7 +222,7 @@ func assertConsistent(t *testing.T, netDir string, completed map[string][]netip.
 		t.Fatal(err)
 	}
 	for _, e := range ips {
-		data, err := os.ReadFile(filepath.Join(netDir, "ips", e.Name()))
+		data, err := readEntry(filepath.Join(netDir, "ips", e.Name()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,4 +242,13 @@ func assertConsistent(t *testing.T, netDir string, completed map[string][]netip.
 			t.Errorf("%s completed with %v but holds %v", id, want, held[id])
 		}
 	}
+}
+
+// readEntry reads a store entry: a symbolic link's target (what podwall-ipam
+// writes) or a regular file.
+func readEntry(path string) ([]byte, error) {
+	if target, err := os.Readlink(path); err == nil {
+		return []byte(target), nil
+	}
+	return os.ReadFile(path)
 }
