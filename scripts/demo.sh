@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PODWALL_BIN_DIR="${PODWALL_BIN_DIR:-$PWD/bin}"
-exec go test -count=1 -v -run '^TestDemo$' ./test/demo
+exec go test -count=1 -v -run '^TestDemo' ./test/demo

@@ -44,6 +44,17 @@ type command struct {
 
 func commands() []*command {
 	return []*command{
+		{
+			name: "wait", args: "[--timeout 10s]", run: (*app).wait,
+			summary: "make the agent re-read its policy sources and exit 0 once everything written\n" +
+				"before this call is enforced; exit 1 with the reason if that does not happen\n" +
+				"within the timeout (agent unreachable, not ready, or failing to apply).",
+		},
+		{
+			name: "status", args: "[-o table|json]", run: (*app).status,
+			summary: "show what the agent enforces: readiness, default policy, generation, the local\n" +
+				"pods and whether their policy is programmed, policies, problems and counts.",
+		},
 		{name: "ipam", summary: "inspect podwall-ipam", sub: []*command{
 			{
 				name: "list", args: "--data-dir DIR [--config FILE] [-o table|json]", run: (*app).ipamList,
@@ -135,7 +146,8 @@ func (a *app) usage(w io.Writer) {
 	fmt.Fprintln(w, "Global flags:")
 	fmt.Fprintf(w, "  --socket PATH   the podwall agent's unix socket (default %s)\n", defaultSocket)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit status: 0 success; 1 failure, or a conflict found by \"ipam check\";")
+	fmt.Fprintln(w, "Exit status: 0 success; 1 failure (agent unreachable, wait timed out), or a")
+	fmt.Fprintln(w, "conflict found by \"ipam check\";")
 	fmt.Fprintln(w, "2 usage error or invalid configuration.")
 }
 

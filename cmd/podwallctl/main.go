@@ -1,5 +1,5 @@
 // Command podwallctl is the admins' CLI for podwall: it inspects podwall-ipam's
-// allocations and configuration, and (later) talks to the agent.
+// allocations and configuration, and asks the agent what it enforces.
 package main
 
 import "os"

@@ -1,0 +1,101 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/podwall/podwall/enforcement/policy"
+)
+
+// backend is the xtables flavour the host uses: "nft" or "legacy".
+type backend string
+
+const (
+	backendNFT    backend = "nft"
+	backendLegacy backend = "legacy"
+)
+
+func (b backend) other() backend {
+	if b == backendNFT {
+		return backendLegacy
+	}
+	return backendNFT
+}
+
+// tool names the binary of a family for this backend, e.g.
+// tool(IPv6, "save") = "ip6tables-nft-save".
+func (b backend) tool(f policy.Family, suffix string) string {
+	base := "iptables"
+	if f == policy.IPv6 {
+		base = "ip6tables"
+	}
+	name := base + "-" + string(b)
+	if suffix != "" {
+		name += "-" + suffix
+	}
+	return name
+}
+
+// detectBackend asks `iptables -V` which backend the host's iptables uses.
+func detectBackend(ctx context.Context) (backend, error) {
+	out, err := run(ctx, nil, "iptables", "-V")
+	if err != nil {
+		return "", fmt.Errorf("detecting the iptables backend: %w", err)
+	}
+	switch v := string(out); {
+	case strings.Contains(v, "(nf_tables)"):
+		return backendNFT, nil
+	case strings.Contains(v, "(legacy)"):
+		return backendLegacy, nil
+	default:
+		return "", fmt.Errorf("detecting the iptables backend: unrecognised %q", strings.TrimSpace(v))
+	}
+}
+
+// checkNotMixed refuses a host where the backend we do not use also holds
+// filter rules: packets would be judged by both and our verdicts would not
+// be the final ones.
+func checkNotMixed(ctx context.Context, b backend) error {
+	for _, f := range policy.Families() {
+		name := b.other().tool(f, "save")
+		if _, err := lookPath(name); err != nil {
+			continue // the other backend is not even installed
+		}
+		if b.other() == backendLegacy && !legacyFilterExists(f) {
+			// Asking iptables-legacy-save would instantiate an empty legacy
+			// filter table (and its hooks) in this namespace.
+			continue
+		}
+		out, err := run(ctx, nil, name, "-t", "filter")
+		if err != nil {
+			// No table, or no kernel support for it: nothing there.
+			continue
+		}
+		if t := parseSave(string(out)); t.hasNonDefault() {
+			return fmt.Errorf("mixed iptables backends: %s uses %s but %s has %s filter rules; refusing to enforce half the truth",
+				"iptables", b, name, f)
+		}
+	}
+	return nil
+}
+
+// legacyFilterExists reads the legacy tables of the calling thread's
+// namespace (/proc/self/net would show the main thread's).
+func legacyFilterExists(f policy.Family) bool {
+	path := "/proc/thread-self/net/ip_tables_names"
+	if f == policy.IPv6 {
+		path = "/proc/thread-self/net/ip6_tables_names"
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false // module not loaded: no legacy table anywhere
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(line) == "filter" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,105 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/podwall/podwall/enforcement/policy"
+)
+
+// LockFile is the name of the lock every writer of podwall's iptables
+// state holds, in Config.StateDir.
+const LockFile = "iptables.lock"
+
+// Dataplane programs podwall's chains and sets in the network namespace of
+// the thread that calls it. Every read-modify-write holds the state lock,
+// so plugin invocations and the agent never interleave.
+type Dataplane struct {
+	log      *slog.Logger
+	lockPath string
+	backend  backend
+}
+
+// New detects the iptables backend and refuses a host where the other
+// backend also holds filter rules.
+func New(cfg Config, log *slog.Logger) (*Dataplane, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("dataplane: no state directory")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := detectBackend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkNotMixed(ctx, b); err != nil {
+		return nil, err
+	}
+	return &Dataplane{log: log, lockPath: filepath.Join(cfg.StateDir, LockFile), backend: b}, nil
+}
+
+// locked runs fn holding the exclusive state lock, waiting for it as long
+// as ctx allows.
+func (d *Dataplane) locked(ctx context.Context, fn func() error) error {
+	f, err := os.OpenFile(d.lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening lock: %w", err)
+	}
+	defer f.Close()
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			return fmt.Errorf("locking %s: %w", d.lockPath, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", d.lockPath, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN) //nolint:errcheck // closing releases it anyway
+	return fn()
+}
+
+// save reads the filter table of one family.
+func (d *Dataplane) save(ctx context.Context, f policy.Family) (*table, error) {
+	out, err := run(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
+	if err != nil {
+		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
+	}
+	return parseSave(string(out)), nil
+}
+
+// restore applies a script atomically, leaving every chain it does not
+// declare as it is.
+func (d *Dataplane) restore(ctx context.Context, f policy.Family, s *script) error {
+	if s.empty() {
+		return nil
+	}
+	data := s.bytes()
+	if _, err := run(ctx, data, d.backend.tool(f, "restore"), "-w", "--noflush"); err != nil {
+		return fmt.Errorf("writing %s rules: %w\n%s", f, err, data)
+	}
+	return nil
+}
+
+// iptables runs the family's iptables command with the xtables lock.
+func (d *Dataplane) iptables(ctx context.Context, f policy.Family, args ...string) error {
+	_, err := run(ctx, nil, d.backend.tool(f, ""), append([]string{"-w"}, args...)...)
+	return err
+}

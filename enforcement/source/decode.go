@@ -1,0 +1,283 @@
+package source
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// header is what every manifest must have before its kind is known.
+type header struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+}
+
+// decoder collects the objects of one read of the manifests.
+type decoder struct {
+	objs Objects
+	seen map[string]string // kind/namespace/name -> file that defined it first
+}
+
+func newDecoder() *decoder { return &decoder{seen: map[string]string{}} }
+
+// splitDocuments returns the documents of a file as JSON.
+func splitDocuments(name string, data []byte) ([][]byte, error) {
+	if strings.EqualFold(filepath.Ext(name), ".json") {
+		var docs [][]byte
+		dec := json.NewDecoder(bytes.NewReader(data))
+		for {
+			var raw json.RawMessage
+			err := dec.Decode(&raw)
+			if errors.Is(err, io.EOF) {
+				return docs, nil
+			}
+			if err != nil {
+				return docs, fmt.Errorf("invalid JSON after %d documents: %w", len(docs), err)
+			}
+			docs = append(docs, raw)
+		}
+	}
+	var docs [][]byte
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs, nil
+		}
+		if err != nil {
+			return docs, fmt.Errorf("reading YAML document %d: %w", len(docs), err)
+		}
+		docs = append(docs, doc)
+	}
+}
+
+// addFile decodes every document of one file.
+func (d *decoder) addFile(file string, data []byte) {
+	docs, err := splitDocuments(file, data)
+	for i, doc := range docs {
+		d.addDocument(file, i, doc)
+	}
+	if err != nil {
+		d.problem(Problem{File: file, Index: len(docs), Err: fmt.Errorf("rest of the file skipped: %w", err)})
+	}
+}
+
+func (d *decoder) problem(p Problem) { d.objs.Problems = append(d.objs.Problems, p) }
+
+// addDocument decodes one YAML or JSON document.
+func (d *decoder) addDocument(file string, index int, doc []byte) {
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		d.problem(Problem{File: file, Index: index, Err: fmt.Errorf("not valid YAML: %w", err)})
+		return
+	}
+	if t := bytes.TrimSpace(js); len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return // an empty document, e.g. only comments or a trailing ---
+	}
+	var h header
+	if err := json.Unmarshal(js, &h); err != nil {
+		d.problem(Problem{File: file, Index: index, Err: fmt.Errorf("not a Kubernetes object: %w", err)})
+		return
+	}
+	p := Problem{File: file, Index: index, Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name}
+	want, known := apiVersions[h.Kind]
+	switch {
+	case h.Kind == "":
+		p.Err = errors.New("kind is missing")
+	case !known:
+		p.Err = fmt.Errorf("kind %q is not one of Namespace, Pod, NetworkPolicy or List", h.Kind)
+	case h.APIVersion != want:
+		p.Err = fmt.Errorf("apiVersion %q, want %q", h.APIVersion, want)
+	}
+	if p.Err != nil {
+		d.problem(p)
+		return
+	}
+	switch h.Kind {
+	case "List":
+		d.addList(file, index, js)
+	case "Namespace":
+		d.addNamespace(p, js)
+	case "Pod":
+		d.addPod(p, js)
+	case "NetworkPolicy":
+		d.addPolicy(p, js)
+	}
+}
+
+var apiVersions = map[string]string{
+	"List":          "v1",
+	"Namespace":     "v1",
+	"Pod":           "v1",
+	"NetworkPolicy": "networking.k8s.io/v1",
+}
+
+func (d *decoder) addList(file string, index int, js []byte) {
+	var list struct {
+		Items []json.RawMessage `json:"items"`
+	}
+	if err := json.Unmarshal(js, &list); err != nil {
+		d.problem(Problem{File: file, Index: index, Kind: "List", Err: fmt.Errorf("items: %w", err)})
+		return
+	}
+	for _, item := range list.Items {
+		d.addDocument(file, index, item)
+	}
+}
+
+// claim records kind/namespace/name as defined in p.File, reporting a
+// duplicate (the first definition, in file order, counts).
+func (d *decoder) claim(p Problem) bool {
+	id := p.Kind + "/" + p.Namespace + "/" + p.Name
+	if first, dup := d.seen[id]; dup {
+		p.Err = fmt.Errorf("already defined in %s; this one is ignored", first)
+		d.problem(p)
+		return false
+	}
+	d.seen[id] = p.File
+	return true
+}
+
+func (d *decoder) addNamespace(p Problem, js []byte) {
+	var ns corev1.Namespace
+	if err := yaml.UnmarshalStrict(js, &ns); err != nil {
+		p.Err = fmt.Errorf("invalid Namespace: %w", err)
+		d.problem(p)
+		return
+	}
+	p.Namespace = ""
+	if err := validateMeta(ns.ObjectMeta, false); err != nil {
+		p.Err = err
+		d.problem(p)
+		return
+	}
+	if d.claim(p) {
+		d.objs.Namespaces = append(d.objs.Namespaces, ns)
+	}
+}
+
+func (d *decoder) addPod(p Problem, js []byte) {
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(js, &pod); err != nil {
+		p.Err = fmt.Errorf("invalid Pod: %w", err)
+		d.problem(p)
+		return
+	}
+	defaultNamespace(&pod.ObjectMeta)
+	p.Namespace = pod.Namespace
+	if err := validateMeta(pod.ObjectMeta, true); err != nil {
+		p.Err = err
+		d.problem(p)
+		return
+	}
+	if d.claim(p) {
+		d.objs.Pods = append(d.objs.Pods, pod)
+	}
+}
+
+// addPolicy adds a NetworkPolicy. One that cannot even be decoded is not
+// simply dropped: in kubernetes mode that would open the pods it was meant
+// to isolate. It is replaced by a policy that isolates every pod of its
+// namespace in both directions and allows nothing, which is also what the
+// compiler does with a policy whose podSelector it cannot parse.
+func (d *decoder) addPolicy(p Problem, js []byte) {
+	var np networkingv1.NetworkPolicy
+	err := yaml.UnmarshalStrict(js, &np)
+	if err == nil {
+		defaultNamespace(&np.ObjectMeta)
+		p.Namespace = np.Namespace
+		if err := validateMeta(np.ObjectMeta, true); err != nil {
+			p.Err = err
+			d.problem(p)
+			return
+		}
+		if d.claim(p) {
+			d.objs.Policies = append(d.objs.Policies, np)
+		}
+		return
+	}
+	ns := p.Namespace
+	if ns == "" {
+		ns = corev1.NamespaceDefault
+	}
+	if len(validation.IsDNS1123Label(ns)) > 0 {
+		p.Err = fmt.Errorf("invalid NetworkPolicy, skipped: %w", err)
+		d.problem(p)
+		return
+	}
+	name := p.Name
+	if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%s#%d", p.File, p.Index)))
+		name = fmt.Sprintf("podwall-invalid-%x", sum[:6])
+	}
+	p.Namespace, p.Name = ns, name
+	p.Err = fmt.Errorf("invalid NetworkPolicy, enforced as isolating every pod of namespace %s in both directions: %w", ns, err)
+	d.problem(p)
+	if d.claim(p) {
+		d.objs.Policies = append(d.objs.Policies, isolateNamespace(ns, name))
+	}
+}
+
+func isolateNamespace(namespace, name string) networkingv1.NetworkPolicy {
+	return networkingv1.NetworkPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+		},
+	}
+}
+
+func defaultNamespace(m *metav1.ObjectMeta) {
+	if m.Namespace == "" {
+		m.Namespace = corev1.NamespaceDefault
+	}
+}
+
+// validateMeta checks names the way the API server would, so that a typo
+// is reported instead of silently selecting nothing.
+func validateMeta(m metav1.ObjectMeta, namespaced bool) error {
+	if m.Name == "" {
+		return errors.New("metadata.name is missing")
+	}
+	var errs []string
+	if namespaced {
+		errs = validation.IsDNS1123Subdomain(m.Name)
+	} else {
+		errs = validation.IsDNS1123Label(m.Name)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("metadata.name %q: %s", m.Name, strings.Join(errs, "; "))
+	}
+	if namespaced {
+		if errs := validation.IsDNS1123Label(m.Namespace); len(errs) > 0 {
+			return fmt.Errorf("metadata.namespace %q: %s", m.Namespace, strings.Join(errs, "; "))
+		}
+	}
+	for k, v := range m.Labels {
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return fmt.Errorf("label key %q: %s", k, strings.Join(errs, "; "))
+		}
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return fmt.Errorf("label %s=%q: %s", k, v, strings.Join(errs, "; "))
+		}
+	}
+	return nil
+}

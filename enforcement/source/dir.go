@@ -1,0 +1,248 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// DefaultDebounce is how long Dir waits for a burst of file events to end
+// before it reads the directory.
+const DefaultDebounce = 20 * time.Millisecond
+
+// DefaultPoll is how often Dir reads the directory even without events: a
+// safety net for events inotify does not deliver (the directory itself
+// replaced, network filesystems).
+const DefaultPoll = time.Minute
+
+// Dir is a Source reading a directory of manifests: files named *.yaml,
+// *.yml or *.json directly in it (not in subdirectories), each holding one
+// or more Namespace, Pod, NetworkPolicy or List documents. Names starting
+// with a dot are ignored, which skips editors' temporary files and the
+// hidden directories of a mounted ConfigMap (whose visible files are
+// symlinks, which are followed).
+type Dir struct {
+	path     string
+	debounce time.Duration
+	poll     time.Duration
+	log      *slog.Logger
+	changes  chan struct{}
+
+	// readMu serialises reads, so that a Resync returns only after a read
+	// that started after it was called.
+	readMu sync.Mutex
+
+	mu      sync.Mutex
+	objs    Objects
+	readErr error
+	digest  [sha256.Size]byte
+}
+
+// DirOption configures a Dir.
+type DirOption func(*Dir)
+
+// WithDebounce sets how long a burst of file events may last.
+func WithDebounce(d time.Duration) DirOption { return func(s *Dir) { s.debounce = d } }
+
+// WithPoll sets how often the directory is read without any event.
+func WithPoll(d time.Duration) DirOption { return func(s *Dir) { s.poll = d } }
+
+// NewDir reads the directory once; it fails if the directory cannot be
+// read at all.
+func NewDir(path string, log *slog.Logger, opts ...DirOption) (*Dir, error) {
+	d := &Dir{path: path, debounce: DefaultDebounce, poll: DefaultPoll, log: log, changes: make(chan struct{}, 1)}
+	for _, o := range opts {
+		o(d)
+	}
+	if err := d.read(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Path is the directory read.
+func (d *Dir) Path() string { return d.path }
+
+// Changes implements Source.
+func (d *Dir) Changes() <-chan struct{} { return d.changes }
+
+// Snapshot implements Source.
+func (d *Dir) Snapshot() (Objects, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.objs, d.readErr
+}
+
+// Resync implements Source: it reads the directory now.
+func (d *Dir) Resync(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return d.read()
+}
+
+// Run implements Source: it watches the directory with inotify, and polls
+// it. When the directory is missing or replaced, the watch is set up again
+// at the next poll; meanwhile the last good contents stay enforced.
+func (d *Dir) Run(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watching %s: %w", d.path, err)
+	}
+	defer w.Close()
+	watching := false
+	watch := func() {
+		if err := w.Add(d.path); err != nil {
+			d.log.Warn("cannot watch the policy dir; polling it", "dir", d.path, "every", d.poll, "err", err)
+			return
+		}
+		watching = true
+		// A change between the last read and the watch would be missed.
+		if err := d.read(); err != nil {
+			d.log.Error("reading policy dir", "dir", d.path, "err", err)
+		}
+	}
+	watch()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	poll := time.NewTicker(d.poll)
+	defer poll.Stop()
+	self := filepath.Clean(d.path)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-poll.C:
+			if !watching {
+				watch()
+			}
+			timer.Reset(0)
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("policy dir watcher closed")
+			}
+			if filepath.Clean(ev.Name) == self && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				d.log.Warn("policy dir removed or replaced; enforcing its last contents until it is back", "dir", d.path)
+				_ = w.Remove(d.path)
+				watching = false
+			}
+			timer.Reset(d.debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("policy dir watcher closed")
+			}
+			// An overflow loses events: read everything again.
+			d.log.Warn("policy dir watch", "dir", d.path, "err", err)
+			timer.Reset(d.debounce)
+		case <-timer.C:
+			if err := d.read(); err != nil {
+				d.log.Error("reading policy dir", "dir", d.path, "err", err)
+			}
+		}
+	}
+}
+
+// read reads every manifest, replaces the snapshot when anything changed
+// and signals Changes.
+func (d *Dir) read() error {
+	d.readMu.Lock()
+	defer d.readMu.Unlock()
+
+	files, err := d.manifestFiles()
+	if err != nil {
+		d.setError(err)
+		return err
+	}
+	dec := newDecoder()
+	h := sha256.New()
+	for _, name := range files {
+		data, err := os.ReadFile(filepath.Join(d.path, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed since listed
+		}
+		fmt.Fprintf(h, "%d:%s;%d:", len(name), name, len(data))
+		if err != nil {
+			fmt.Fprintf(h, "error %v;", err)
+			dec.problem(Problem{File: name, Err: fmt.Errorf("unreadable, skipped: %w", err)})
+			continue
+		}
+		h.Write(data)
+		dec.addFile(name, data)
+	}
+	var digest [sha256.Size]byte
+	copy(digest[:], h.Sum(nil))
+
+	d.mu.Lock()
+	hadError := d.readErr != nil
+	changed := !bytes.Equal(digest[:], d.digest[:])
+	d.readErr = nil
+	if changed {
+		d.objs, d.digest = dec.objs, digest
+	}
+	d.mu.Unlock()
+	if changed || hadError {
+		for _, p := range dec.objs.Problems {
+			d.log.Warn("invalid manifest", "dir", d.path, "problem", p.Error())
+		}
+		d.notify()
+	}
+	return nil
+}
+
+func (d *Dir) setError(err error) {
+	d.mu.Lock()
+	d.readErr = err
+	d.mu.Unlock()
+	d.notify()
+}
+
+func (d *Dir) notify() {
+	select {
+	case d.changes <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Dir) manifestFiles() ([]string, error) {
+	entries, err := os.ReadDir(d.path)
+	if err != nil {
+		return nil, fmt.Errorf("reading policy dir: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !isManifest(name) {
+			continue
+		}
+		if e.Type()&os.ModeSymlink != 0 {
+			if st, err := os.Stat(filepath.Join(d.path, name)); err != nil || st.IsDir() {
+				continue
+			}
+		} else if !e.Type().IsRegular() {
+			continue
+		}
+		files = append(files, name)
+	}
+	slices.Sort(files)
+	return files, nil
+}
+
+func isManifest(name string) bool {
+	switch strings.ToLower(filepath.Ext(name)) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
