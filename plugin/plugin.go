@@ -50,20 +50,30 @@ func (p *Plugin) dataplane(c *Config) (*dataplane.Dataplane, error) {
 	return d, nil
 }
 
-func (p *Plugin) cmdAdd(args *skel.CmdArgs) error {
+// podAndDataplane reads what ADD and CHECK share: the config, the pod that
+// prevResult describes, and the dataplane of this node.
+func (p *Plugin) podAndDataplane(args *skel.CmdArgs) (*Config, dataplane.Pod, *dataplane.Dataplane, error) {
 	c, err := ParseConfig(args.StdinData)
 	if err != nil {
-		return err
+		return nil, dataplane.Pod{}, nil, err
 	}
 	res, err := prevResult(c)
 	if err != nil {
-		return err
+		return nil, dataplane.Pod{}, nil, err
 	}
 	pod, err := podFromResult(c, args, res, p.linkInfo)
 	if err != nil {
-		return err
+		return nil, dataplane.Pod{}, nil, err
 	}
 	d, err := p.dataplane(c)
+	if err != nil {
+		return nil, dataplane.Pod{}, nil, err
+	}
+	return c, pod, d, nil
+}
+
+func (p *Plugin) cmdAdd(args *skel.CmdArgs) error {
+	c, pod, d, err := p.podAndDataplane(args)
 	if err != nil {
 		return err
 	}
@@ -126,19 +136,7 @@ func (p *Plugin) cmdDel(args *skel.CmdArgs) error {
 }
 
 func (p *Plugin) cmdCheck(args *skel.CmdArgs) error {
-	c, err := ParseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	res, err := prevResult(c)
-	if err != nil {
-		return err
-	}
-	pod, err := podFromResult(c, args, res, p.linkInfo)
-	if err != nil {
-		return err
-	}
-	d, err := p.dataplane(c)
+	_, pod, d, err := p.podAndDataplane(args)
 	if err != nil {
 		return err
 	}
