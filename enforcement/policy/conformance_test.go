@@ -10,20 +10,9 @@ import (
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/iptsim"
+	"github.com/podwall/podwall/test/cyclonus"
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
-)
-
-// The cyclonus cluster: namespaces x, y, z with pods a, b, c, each serving
-// ports 80 and 81 over TCP, UDP and SCTP under cyclonus' port names.
-var (
-	cyclonusNamespaces = []string{"x", "y", "z"}
-	cyclonusPods       = []string{"a", "b", "c"}
-	cyclonusProtocols  = []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}
-	cyclonusPorts      = []int32{80, 81}
 )
 
 // cyclonusIPv4 places the pods around z/c, whose address cyclonus turns
@@ -50,147 +39,25 @@ func cyclonusAddrs(ns, name string) (netip.Addr, netip.Addr, error) {
 	return v4, v6, nil
 }
 
-func cyclonusContainerPorts() []corev1.ContainerPort {
-	var out []corev1.ContainerPort
-	for _, port := range cyclonusPorts {
-		for _, proto := range cyclonusProtocols {
-			out = append(out, corev1.ContainerPort{
-				Name:          fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto))),
-				ContainerPort: port,
-				Protocol:      proto,
-			})
-		}
-	}
-	return out
-}
-
-func newCyclonusCluster(nodeOf func(ns, pod string) string) (*testCluster, error) {
+// clusterOf places the pods of cyclonus' model on nodes, at their planned
+// addresses, serving cyclonus' ports.
+func clusterOf(m *cyclonus.Cluster, nodeOf func(ns, pod string) string) (*testCluster, error) {
 	c := newTestCluster()
-	for _, ns := range cyclonusNamespaces {
-		c.setNamespace(ns, map[string]string{"ns": ns})
-		for _, name := range cyclonusPods {
-			if err := c.addCyclonusPod(ns, name, map[string]string{"pod": name}, nodeOf); err != nil {
-				return nil, err
-			}
-		}
+	for ns, labels := range m.NamespaceLabels {
+		c.setNamespace(ns, labels)
 	}
+	for _, p := range m.Pods {
+		v4, v6, err := cyclonusAddrs(p.Namespace, p.Name)
+		if err != nil {
+			return nil, err
+		}
+		c.pods = append(c.pods, &testPod{
+			ns: p.Namespace, name: p.Name, labels: p.Labels, v4: v4, v6: v6,
+			node: nodeOf(p.Namespace, p.Name), ports: cyclonus.ContainerPorts(),
+		})
+	}
+	c.policies = m.Policies
 	return c, nil
-}
-
-func (c *testCluster) addCyclonusPod(ns, name string, labels map[string]string, nodeOf func(ns, pod string) string) error {
-	v4, v6, err := cyclonusAddrs(ns, name)
-	if err != nil {
-		return err
-	}
-	c.pods = append(c.pods, &testPod{
-		ns: ns, name: name, labels: labels, v4: v4, v6: v6,
-		node: nodeOf(ns, name), ports: cyclonusContainerPorts(),
-	})
-	return nil
-}
-
-// apply performs one cyclonus action, as cyclonus' TestCaseState does.
-func (c *testCluster) apply(a *generator.Action, nodeOf func(ns, pod string) string) error {
-	switch {
-	case a.CreatePolicy != nil:
-		p := a.CreatePolicy.Policy
-		if c.policyIndex(p.Namespace, p.Name) >= 0 {
-			return fmt.Errorf("create policy %s/%s: exists", p.Namespace, p.Name)
-		}
-		c.policies = append(c.policies, p.DeepCopy())
-	case a.UpdatePolicy != nil:
-		p := a.UpdatePolicy.Policy
-		i := c.policyIndex(p.Namespace, p.Name)
-		if i < 0 {
-			return fmt.Errorf("update policy %s/%s: not found", p.Namespace, p.Name)
-		}
-		c.policies[i] = p.DeepCopy()
-	case a.DeletePolicy != nil:
-		i := c.policyIndex(a.DeletePolicy.Namespace, a.DeletePolicy.Name)
-		if i < 0 {
-			return fmt.Errorf("delete policy %s/%s: not found", a.DeletePolicy.Namespace, a.DeletePolicy.Name)
-		}
-		c.policies = append(c.policies[:i:i], c.policies[i+1:]...)
-	case a.CreateNamespace != nil:
-		if _, ok := c.nsLabels[a.CreateNamespace.Namespace]; ok {
-			return fmt.Errorf("create namespace %s: exists", a.CreateNamespace.Namespace)
-		}
-		c.setNamespace(a.CreateNamespace.Namespace, a.CreateNamespace.Labels)
-	case a.SetNamespaceLabels != nil:
-		if _, ok := c.nsLabels[a.SetNamespaceLabels.Namespace]; !ok {
-			return fmt.Errorf("set labels of namespace %s: not found", a.SetNamespaceLabels.Namespace)
-		}
-		c.setNamespace(a.SetNamespaceLabels.Namespace, a.SetNamespaceLabels.Labels)
-	case a.DeleteNamespace != nil:
-		ns := a.DeleteNamespace.Namespace
-		if _, ok := c.nsLabels[ns]; !ok {
-			return fmt.Errorf("delete namespace %s: not found", ns)
-		}
-		delete(c.nsLabels, ns)
-		var kept []*testPod
-		for _, p := range c.pods {
-			if p.ns != ns {
-				kept = append(kept, p)
-			}
-		}
-		c.pods = kept
-		var keptPolicies []*networkingv1.NetworkPolicy
-		for _, p := range c.policies {
-			if p.Namespace != ns {
-				keptPolicies = append(keptPolicies, p)
-			}
-		}
-		c.policies = keptPolicies
-	case a.CreatePod != nil:
-		if _, ok := c.nsLabels[a.CreatePod.Namespace]; !ok {
-			return fmt.Errorf("create pod %s/%s: no namespace", a.CreatePod.Namespace, a.CreatePod.Pod)
-		}
-		if c.pod(a.CreatePod.Namespace, a.CreatePod.Pod) != nil {
-			return fmt.Errorf("create pod %s/%s: exists", a.CreatePod.Namespace, a.CreatePod.Pod)
-		}
-		return c.addCyclonusPod(a.CreatePod.Namespace, a.CreatePod.Pod, a.CreatePod.Labels, nodeOf)
-	case a.SetPodLabels != nil:
-		p := c.pod(a.SetPodLabels.Namespace, a.SetPodLabels.Pod)
-		if p == nil {
-			return fmt.Errorf("set labels of pod %s/%s: not found", a.SetPodLabels.Namespace, a.SetPodLabels.Pod)
-		}
-		p.labels = a.SetPodLabels.Labels
-	case a.DeletePod != nil:
-		if !c.deletePod(a.DeletePod.Namespace, a.DeletePod.Pod) {
-			return fmt.Errorf("delete pod %s/%s: not found", a.DeletePod.Namespace, a.DeletePod.Pod)
-		}
-	default:
-		return fmt.Errorf("unsupported action %+v", a)
-	}
-	return nil
-}
-
-// oraclePolicies are the policies cyclonus' matcher judges by: the cluster's,
-// with policyTypes defaulted as the API server does, plus, in deny mode, a
-// deny-all Ingress+Egress policy in every namespace.
-func (c *testCluster) oraclePolicies(mode policy.Mode) []*networkingv1.NetworkPolicy {
-	var out []*networkingv1.NetworkPolicy
-	for _, p := range c.policies {
-		p = p.DeepCopy()
-		if len(p.Spec.PolicyTypes) == 0 {
-			p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
-			if len(p.Spec.Egress) > 0 {
-				p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-			}
-		}
-		out = append(out, p)
-	}
-	if mode == policy.ModeDeny {
-		for _, ns := range c.namespaces() {
-			out = append(out, &networkingv1.NetworkPolicy{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "podwall-deny-mode"},
-				Spec: networkingv1.NetworkPolicySpec{
-					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-				},
-			})
-		}
-	}
-	return out
 }
 
 // probe is one connection cyclonus would try.
@@ -202,30 +69,17 @@ type probe struct {
 }
 
 // probes lists the connections of a probe config the way cyclonus'
-// JobBuilder does; connections it marks invalid (a port the destination
-// does not serve) are left out, as cyclonus leaves them out of its table.
+// JobBuilder does.
 func (c *testCluster) probes(pc *generator.ProbeConfig) ([]probe, error) {
 	var out []probe
 	for _, from := range c.pods {
 		for _, to := range c.pods {
-			switch {
-			case pc.AllAvailable:
-				for _, cp := range to.ports {
-					out = append(out, probe{from, to, int(cp.ContainerPort), cp.Name, cp.Protocol})
-				}
-			case pc.PortProtocol != nil:
-				pp := pc.PortProtocol
-				pr := probe{from: from, to: to, proto: pp.Protocol}
-				for _, cp := range to.ports {
-					if (pp.Port.Type == intstr.String && cp.Name == pp.Port.StrVal) ||
-						(pp.Port.Type == intstr.Int && cp.ContainerPort == pp.Port.IntVal) {
-						pr.port, pr.portName = int(cp.ContainerPort), cp.Name
-						out = append(out, pr)
-						break
-					}
-				}
-			default:
-				return nil, fmt.Errorf("unsupported probe config %+v", pc)
+			targets, err := cyclonus.Targets(pc, to.ports)
+			if err != nil {
+				return nil, err
+			}
+			for _, tg := range targets {
+				out = append(out, probe{from, to, tg.Port, tg.PortName, tg.Protocol})
 			}
 		}
 	}
@@ -283,13 +137,12 @@ func runConformance(t *testing.T, v conformanceVariant, mode policy.Mode) {
 	if v.cidrFrom == policy.IPv6 {
 		podIP = v6
 	}
-	gen := generator.NewTestCaseGenerator(v.allowDNS, podIP.String(), cyclonusNamespaces, nil, nil)
-	cases := gen.GenerateAllTestCases()
-	if n := len(gen.GenerateTestCases()); n != len(cases) {
-		t.Fatalf("generator with no tag filter gives %d cases, all cases are %d", n, len(cases))
+	cases, err := cyclonus.Cases(v.allowDNS, podIP.String())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(cases) != 230 {
-		t.Errorf("cyclonus v0.5.6 generates 230 test cases, got %d: update this test", len(cases))
+	if len(cases) != cyclonus.CaseCount {
+		t.Errorf("cyclonus v0.5.6 generates %d test cases, got %d: update this test", cyclonus.CaseCount, len(cases))
 	}
 
 	var total tally
@@ -319,16 +172,17 @@ func (t *tally) add(o tally) {
 }
 
 func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant, mode policy.Mode) (n tally) {
-	c, err := newCyclonusCluster(v.nodeOf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	model := cyclonus.NewCluster()
 	for si, step := range tc.Steps {
 		n.steps++
 		for _, a := range step.Actions {
-			if err := c.apply(a, v.nodeOf); err != nil {
+			if err := model.Apply(a); err != nil {
 				t.Fatalf("%q step %d: %v", tc.Description, si+1, err)
 			}
+		}
+		c, err := clusterOf(model, v.nodeOf)
+		if err != nil {
+			t.Fatal(err)
 		}
 		desired := map[string]*policy.Desired{}
 		sims := map[string]*iptsim.Simulator{}
@@ -339,7 +193,7 @@ func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant,
 			}
 			desired[node], sims[node] = d, sim
 		}
-		oracle := matcher.BuildNetworkPolicies(true, c.oraclePolicies(mode))
+		oracle := model.Oracle(mode == policy.ModeDeny)
 		jobs, err := c.probes(step.Probe)
 		if err != nil {
 			t.Fatal(err)
@@ -348,7 +202,7 @@ func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant,
 		for _, p := range c.pods {
 			peers[p] = map[policy.Family]*matcher.TrafficPeer{}
 			for _, f := range policy.Families() {
-				peers[p][f] = c.trafficPeer(p, f)
+				peers[p][f] = model.Peer(model.Pod(p.ns, p.name), p.addr(f).String())
 			}
 		}
 		var mismatches []string
@@ -397,7 +251,7 @@ func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant,
 				more = fmt.Sprintf("  ... and %d more\n", len(mismatches)-shown)
 				mismatches = mismatches[:shown]
 			}
-			policies, _ := yaml.Marshal(c.oraclePolicies(mode))
+			policies, _ := yaml.Marshal(model.OraclePolicies(mode == policy.ModeDeny))
 			t.Errorf("cyclonus case %q (tags %v), step %d, %s mode: %d verdicts differ from the matcher:\n%s\n%s  policies judged by the matcher:\n%s",
 				tc.Description, tc.Tags.Keys(), si+1, mode, n, strings.Join(mismatches, "\n"), more, policies)
 		}
@@ -410,15 +264,4 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func (c *testCluster) trafficPeer(p *testPod, f policy.Family) *matcher.TrafficPeer {
-	return &matcher.TrafficPeer{
-		IP: p.addr(f).String(),
-		Internal: &matcher.InternalPeer{
-			PodLabels:       p.labels,
-			NamespaceLabels: c.nsLabels[p.ns],
-			Namespace:       p.ns,
-		},
-	}
 }
