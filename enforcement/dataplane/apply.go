@@ -14,11 +14,13 @@ import (
 
 // Apply converges the policy chains (PODWALL-IN-*/OUT-*) and sets to
 // desired, writing only what differs from the kernel, in the order that
-// never lets a rule reference a missing set: sets created and filled, then
-// the changed chains rewritten (one restore per family), then sets no rule
-// uses any more destroyed. Chains of pods whose static chains are gone are
-// skipped (the pod was deleted meanwhile). Static chains, dispatch and base
-// chains are never touched.
+// never lets a rule reference a missing set and never accepts, even for a
+// moment, a packet that both the old and the new state refuse: new sets
+// created and filled and existing sets shrunk, then the changed chains
+// rewritten (one restore per family), then existing sets grown, then sets
+// no rule uses any more destroyed (see setPlan). Chains of pods whose
+// static chains are gone are skipped (the pod was deleted meanwhile).
+// Static chains, dispatch and base chains are never touched.
 //
 // Which chains differ is decided by a fingerprint: every chain Apply writes
 // ends with a rule that has only a comment, "podwall: rules sha256=<hash of
@@ -112,6 +114,9 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 			if err := d.restore(ctx, f, scripts[f]); err != nil {
 				return fmt.Errorf("writing policy chains: %w", err)
 			}
+		}
+		if err := ipsetRestore(ctx, plan.grow); err != nil {
+			return err
 		}
 		if err := ipsetRestore(ctx, destroy); err != nil {
 			return err

@@ -49,11 +49,28 @@ func memberKey(m string) string {
 	return k
 }
 
-// setPlan is what Apply changes in ipsets.
+// setPlan is what Apply changes in ipsets, split so that no moment of the
+// update allows a packet that neither the old nor the new state allows.
+// Rules only ever accept on a set match, so a set that shrinks can only
+// deny more, and a set that grows can only allow more. Shrinking existing
+// sets before the rules are rewritten keeps the old rules within the old
+// state; growing them after keeps the new rules within the new state.
+// Growing first would let the old rules accept the new members for a
+// moment: a pod relabelled into a set that a rule being removed still
+// matches would pass that rule.
 type setPlan struct {
-	script                []string // before the rules: create, add, del
+	script                []string // before the rules: create and fill new sets, shrink existing ones
+	grow                  []string // after the rules: add to existing sets
 	destroy               []string // after the rules
 	created, added, dropd int
+}
+
+// shrinks reports whether an ipset restore line can only make its set
+// match fewer addresses: deleting a positive entry, or adding a nomatch
+// (an except of an ipBlock).
+func shrinks(op, member string) bool {
+	nomatch := strings.HasSuffix(member, " nomatch")
+	return (op == "del") != nomatch
 }
 
 // planSets diffs the desired sets against the kernel. Sets of the wrong
@@ -64,12 +81,22 @@ func planSets(desired []policy.IPSet, kernel map[string]*kernelSet) (*setPlan, e
 	for _, ds := range desired {
 		want[ds.Name] = true
 		ks := kernel[ds.Name]
-		if ks == nil {
+		isNew := ks == nil
+		if isNew {
 			p.script = append(p.script, fmt.Sprintf("create %s %s family %s", ds.Name, ds.Type, string(ds.Family)))
 			p.created++
 			ks = &kernelSet{members: map[string]string{}}
 		} else if ks.typ != string(ds.Type) || ks.family != string(ds.Family) {
 			return nil, fmt.Errorf("ipset %s is %s family %s in the kernel, want %s family %s", ds.Name, ks.typ, ks.family, ds.Type, ds.Family)
+		}
+		// A new set is used by no rule yet: it is filled whole, before
+		// the rules that will use it.
+		place := func(op, member, line string) {
+			if isNew || shrinks(op, member) {
+				p.script = append(p.script, line)
+			} else {
+				p.grow = append(p.grow, line)
+			}
 		}
 		wantMembers := map[string]string{}
 		for _, m := range ds.Members {
@@ -77,13 +104,13 @@ func planSets(desired []policy.IPSet, kernel map[string]*kernelSet) (*setPlan, e
 		}
 		for k, m := range ks.members {
 			if w, ok := wantMembers[k]; !ok || w != m {
-				p.script = append(p.script, fmt.Sprintf("del %s %s", ds.Name, k))
+				place("del", m, fmt.Sprintf("del %s %s", ds.Name, k))
 				p.dropd++
 			}
 		}
 		for _, m := range ds.Members {
 			if km, ok := ks.members[memberKey(m)]; !ok || km != m {
-				p.script = append(p.script, fmt.Sprintf("add %s %s", ds.Name, m))
+				place("add", m, fmt.Sprintf("add %s %s", ds.Name, m))
 				p.added++
 			}
 		}
