@@ -79,13 +79,26 @@ func BenchmarkIPAMConcurrentAddDel(b *testing.B) {
 
 func r(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
 
+// concurrentAddDel runs, for n containers at once, ADD then DEL of plugin.
 func concurrentAddDel(b *testing.B, node *harness.Node, pod *harness.Pod, plugin string, stdin []byte, n int) latencies {
+	b.Helper()
+	return concurrentPairs(b, node, pod, plugin, "ADD", "DEL", stdin, n)
+}
+
+// concurrentVersion runs the same pattern with VERSION commands of
+// podwall-ipam: the cost of executing a plugin at all.
+func concurrentVersion(b *testing.B, node *harness.Node, pod *harness.Pod, n int) latencies {
+	b.Helper()
+	return concurrentPairs(b, node, pod, "podwall-ipam", "VERSION", "VERSION", []byte(`{"cniVersion":"1.1.0"}`), n)
+}
+
+// concurrentPairs runs first then second for n containers at once, timing
+// each execution, and the whole.
+func concurrentPairs(b *testing.B, node *harness.Node, pod *harness.Pod, plugin, first, second string, stdin []byte, n int) latencies {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var l latencies
-	l.add = make([]time.Duration, n)
-	l.del = make([]time.Duration, n)
+	l := latencies{add: make([]time.Duration, n), del: make([]time.Duration, n)}
 	errs := make([]error, n)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -95,9 +108,9 @@ func concurrentAddDel(b *testing.B, node *harness.Node, pod *harness.Pod, plugin
 			defer wg.Done()
 			id := fmt.Sprintf("bench-%s-%d", plugin, i)
 			var err error
-			l.add[i], err = run(ctx, node, pod, plugin, "ADD", id, stdin)
+			l.add[i], err = run(ctx, node, pod, plugin, first, id, stdin)
 			if err == nil {
-				l.del[i], err = run(ctx, node, pod, plugin, "DEL", id, stdin)
+				l.del[i], err = run(ctx, node, pod, plugin, second, id, stdin)
 			}
 			errs[i] = err
 		}()
@@ -107,39 +120,6 @@ func concurrentAddDel(b *testing.B, node *harness.Node, pod *harness.Pod, plugin
 	for _, err := range errs {
 		if err != nil {
 			b.Fatalf("%s: %v", plugin, err)
-		}
-	}
-	return l
-}
-
-// concurrentVersion runs the same pattern as concurrentAddDel with VERSION
-// commands of podwall-ipam: the cost of executing a plugin at all.
-func concurrentVersion(b *testing.B, node *harness.Node, pod *harness.Pod, n int) latencies {
-	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	stdin := []byte(`{"cniVersion":"1.1.0"}`)
-	l := latencies{add: make([]time.Duration, n), del: make([]time.Duration, n)}
-	errs := make([]error, n)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			l.add[i], err = run(ctx, node, pod, "podwall-ipam", "VERSION", "floor", stdin)
-			if err == nil {
-				l.del[i], err = run(ctx, node, pod, "podwall-ipam", "VERSION", "floor", stdin)
-			}
-			errs[i] = err
-		}()
-	}
-	wg.Wait()
-	l.wall = time.Since(start)
-	for _, err := range errs {
-		if err != nil {
-			b.Fatal(err)
 		}
 	}
 	return l
