@@ -61,15 +61,19 @@ func (p *livePod) ref() string { return p.ns + "/" + p.name }
 // env is one node running the agent in one mode, with the pods of the
 // cyclonus cluster as they are now.
 type env struct {
-	t      *testing.T // the running case, or the mode's test while setting up
-	root   *testing.T // the mode's test, which owns the node and the pods
-	deny   bool
-	node   *harness.Node
-	nw     *harness.Network
-	dir    string
-	socket string
-	client *agentapi.Client
-	pods   map[string]*livePod // by "ns/name"
+	t    *testing.T // the running case, or the mode's test while setting up
+	root *testing.T // the mode's test, which owns the node and the pods
+	deny bool
+	// denyAllInDir writes the oracle's deny-all policies into the
+	// directory too. Deny mode alternates it per case, so that both the
+	// agent's own default and explicit deny-all policies meet the oracle.
+	denyAllInDir bool
+	node         *harness.Node
+	nw           *harness.Network
+	dir          string
+	socket       string
+	client       *agentapi.Client
+	pods         map[string]*livePod // by "ns/name"
 }
 
 func newEnv(t *testing.T, mode policy.Mode) *env {
@@ -211,7 +215,7 @@ func (e *env) sync() {
 }
 
 // writeManifests writes the model as the agent reads it: namespaces and
-// pods in one file, policies in another (in deny mode with a deny-all
+// pods in one file, policies in another (with denyAllInDir, a deny-all
 // policy per namespace, as the oracle has it), each replaced atomically.
 func (e *env) writeManifests(c *cyclonus.Cluster) {
 	e.t.Helper()
@@ -236,7 +240,7 @@ func (e *env) writeManifests(c *cyclonus.Cluster) {
 		np.APIVersion, np.Kind = "networking.k8s.io/v1", "NetworkPolicy"
 		policies = append(policies, np)
 	}
-	if e.deny {
+	if e.deny && e.denyAllInDir {
 		for _, ns := range c.SortedNamespaces() {
 			policies = append(policies, cyclonus.DenyAll(ns))
 		}
