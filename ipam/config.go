@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -19,6 +20,14 @@ import (
 
 // DefaultDataDir is where allocations live when the config names no dataDir.
 const DefaultDataDir = "/var/lib/podwall/ipam"
+
+// NodeSubnet, as a range's subnet, stands for the Node's podCIDRs, which the
+// agent writes to the nodeCIDRsFile.
+const NodeSubnet = "node"
+
+// DefaultNodeCIDRsFile is where the agent writes the Node's podCIDRs when the
+// config names no nodeCIDRsFile.
+const DefaultNodeCIDRsFile = "/var/lib/podwall/node-podcidrs.json"
 
 // Plugin-specific CNI error codes (the spec reserves 100 and above for them).
 const (
@@ -49,12 +58,31 @@ type IPAMConfig struct {
 	ServiceCIDRs []string      `json:"serviceCIDRs,omitempty"`
 	DataDir      string        `json:"dataDir,omitempty"`
 	Routes       []RouteConfig `json:"routes,omitempty"`
+	// NodeCIDRsFile is read for a range whose subnet is "node".
+	NodeCIDRsFile string `json:"nodeCIDRsFile,omitempty"`
 }
 
 // Range is a validated range.
 type Range struct {
 	Subnet   netip.Prefix
 	Gateway  netip.Addr
+	Draining bool
+	// FromNode marks a range that is one of the Node's podCIDRs.
+	FromNode bool
+}
+
+// label names a range in messages, saying where a Node's podCIDR came from.
+func (r Range) label() string {
+	if r.FromNode {
+		return fmt.Sprintf("range %s (a podCIDR of the Node)", r.Subnet)
+	}
+	return fmt.Sprintf("range %s", r.Subnet)
+}
+
+// NodeRangeSlot is the place of {"subnet": "node"} in "ranges": the Node's
+// podCIDRs go at Index among Ranges once they are known (WithNodeCIDRs).
+type NodeRangeSlot struct {
+	Index    int
 	Draining bool
 }
 
@@ -67,6 +95,13 @@ type Config struct {
 	ServiceCIDRs []netip.Prefix
 	DataDir      string
 	Routes       []*types.Route
+
+	// NodeRanges is set while "ranges" holds {"subnet": "node"} not yet
+	// replaced by the Node's podCIDRs, read from NodeCIDRsFile by the thin
+	// layers (only ADD and STATUS need them; DEL, CHECK and GC work by
+	// container). Ranges then holds the other ranges only.
+	NodeRanges    *NodeRangeSlot
+	NodeCIDRsFile string
 
 	// MainPlugin is the type of the plugin that delegated to us ("bridge",
 	// "ptp", ...), empty when unknown; PodBridge is the bridge device of a
@@ -188,29 +223,27 @@ func (ic *IPAMConfig) validate() (*Config, error) {
 		cfg.Exclude = append(cfg.Exclude, p)
 	}
 	for i, rc := range ic.Ranges {
+		if rc.Subnet == NodeSubnet {
+			if err := cfg.addNodeSlot(i, rc); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		r, err := parseRange(i, rc)
 		if err != nil {
 			return nil, err
 		}
-		for _, prev := range cfg.Ranges {
-			if prev.Subnet.Overlaps(r.Subnet) {
-				return nil, invalidConfig("ipam: range %s overlaps range %s", r.Subnet, prev.Subnet)
-			}
-		}
-		for _, svc := range cfg.ServiceCIDRs {
-			if svc.Overlaps(r.Subnet) {
-				return nil, invalidConfig("ipam: range %s overlaps service CIDR %s", r.Subnet, svc)
-			}
-		}
 		cfg.Ranges = append(cfg.Ranges, r)
 	}
-	for _, r := range cfg.Ranges {
-		if r.Draining {
-			continue
-		}
-		if cfg.Pool(r, nil).Size().Sign() == 0 {
-			return nil, invalidConfig("ipam: range %s has no allocatable address left after exclusions", r.Subnet)
-		}
+	cfg.NodeCIDRsFile = ic.NodeCIDRsFile
+	if cfg.NodeCIDRsFile == "" {
+		cfg.NodeCIDRsFile = DefaultNodeCIDRsFile
+	}
+	if !strings.HasPrefix(cfg.NodeCIDRsFile, "/") {
+		return nil, invalidConfig("ipam: nodeCIDRsFile %q must be an absolute path", ic.NodeCIDRsFile)
+	}
+	if err := cfg.checkRanges(); err != nil {
+		return nil, err
 	}
 	for i, rc := range ic.Routes {
 		route, err := parseRoute(i, rc)
@@ -220,6 +253,82 @@ func (ic *IPAMConfig) validate() (*Config, error) {
 		cfg.Routes = append(cfg.Routes, route)
 	}
 	return cfg, nil
+}
+
+// addNodeSlot records {"subnet": "node"} at ranges[i].
+func (c *Config) addNodeSlot(i int, rc RangeConfig) error {
+	if c.NodeRanges != nil {
+		return invalidConfig("ipam: ranges[%d]: subnet %q is given twice; it already stands for every podCIDR of the Node", i, NodeSubnet)
+	}
+	if rc.Gateway != "" {
+		// One entry becomes a range per family, known only at ADD: a single
+		// gateway cannot fit them all.
+		return invalidConfig("ipam: ranges[%d]: gateway %q cannot be set with subnet %q (the Node's podCIDRs, one per family, are known only at ADD); each gets its first address as gateway",
+			i, rc.Gateway, NodeSubnet)
+	}
+	c.NodeRanges = &NodeRangeSlot{Index: len(c.Ranges), Draining: rc.Draining}
+	return nil
+}
+
+// checkRanges enforces the rules between ranges, service CIDRs and
+// exclusions, on the ranges known so far.
+func (c *Config) checkRanges() error {
+	for i, r := range c.Ranges {
+		for _, prev := range c.Ranges[:i] {
+			if prev.Subnet.Overlaps(r.Subnet) {
+				return invalidConfig("ipam: %s overlaps %s", r.label(), prev.label())
+			}
+		}
+		for _, svc := range c.ServiceCIDRs {
+			if svc.Overlaps(r.Subnet) {
+				return invalidConfig("ipam: %s overlaps service CIDR %s", r.label(), svc)
+			}
+		}
+	}
+	for _, r := range c.Ranges {
+		if r.Draining {
+			continue
+		}
+		if c.Pool(r, nil).Size().Sign() == 0 {
+			return invalidConfig("ipam: %s has no allocatable address left after exclusions", r.label())
+		}
+	}
+	return nil
+}
+
+// WithNodeCIDRs returns the configuration with {"subnet": "node"} replaced by
+// one range per podCIDR of the Node (gateway: the first address), checked
+// against every rule a configured range obeys. source names where the
+// podCIDRs were read, for messages. A config without "node" is returned as is.
+func (c *Config) WithNodeCIDRs(podCIDRs []netip.Prefix, source string) (*Config, error) {
+	if c.NodeRanges == nil {
+		return c, nil
+	}
+	if len(podCIDRs) == 0 {
+		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("ipam: %s lists no podCIDR for the Node yet", source), "")
+	}
+	var nodeRanges []Range
+	for _, p := range podCIDRs {
+		if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() || p.Masked() != p {
+			return nil, invalidConfig("ipam: podCIDR %s read from %s is not a canonical CIDR", p, source)
+		}
+		if p.Addr().BitLen()-p.Bits() < 2 {
+			return nil, invalidConfig("ipam: podCIDR %s read from %s is too small: it has no address besides network, broadcast and gateway", p, source)
+		}
+		nodeRanges = append(nodeRanges, Range{Subnet: p, Gateway: p.Addr().Next(), Draining: c.NodeRanges.Draining, FromNode: true})
+	}
+	out := *c
+	out.NodeRanges = nil
+	at := c.NodeRanges.Index
+	out.Ranges = slices.Concat(c.Ranges[:at:at], nodeRanges, c.Ranges[at:])
+	if err := out.checkRanges(); err != nil {
+		var e *types.Error
+		if errors.As(err, &e) {
+			e.Msg += fmt.Sprintf(" (podCIDRs read from %s)", source)
+		}
+		return nil, err
+	}
+	return &out, nil
 }
 
 // parseCIDR accepts a canonical CIDR; a bare address is accepted where allowSingle
@@ -335,8 +444,17 @@ func family(a netip.Addr) int {
 // Canonical renders the validated configuration back in the admin's terms.
 func (c *Config) Canonical() IPAMConfig {
 	ic := IPAMConfig{Type: "podwall-ipam", DataDir: c.DataDir}
-	for _, r := range c.Ranges {
+	for i, r := range c.Ranges {
+		if c.NodeRanges != nil && c.NodeRanges.Index == i {
+			ic.Ranges = append(ic.Ranges, c.nodeRangeConfig())
+		}
 		ic.Ranges = append(ic.Ranges, RangeConfig{Subnet: r.Subnet.String(), Gateway: r.Gateway.String(), Draining: r.Draining})
+	}
+	if c.NodeRanges != nil {
+		if c.NodeRanges.Index >= len(c.Ranges) {
+			ic.Ranges = append(ic.Ranges, c.nodeRangeConfig())
+		}
+		ic.NodeCIDRsFile = c.NodeCIDRsFile
 	}
 	for _, p := range c.Exclude {
 		ic.Exclude = append(ic.Exclude, p.String())
@@ -352,6 +470,10 @@ func (c *Config) Canonical() IPAMConfig {
 		ic.Routes = append(ic.Routes, rc)
 	}
 	return ic
+}
+
+func (c *Config) nodeRangeConfig() RangeConfig {
+	return RangeConfig{Subnet: NodeSubnet, Draining: c.NodeRanges.Draining}
 }
 
 // OverlapsRange reports whether p overlaps any configured range.

@@ -34,9 +34,14 @@ func (a *app) status(flags *flag.FlagSet, args []string) int {
 		if err := enc.Encode(st); err != nil {
 			return a.fail("status: %v", err)
 		}
-		return exitOK
+	} else {
+		writeStatus(a.stdout, st)
 	}
-	writeStatus(a.stdout, st)
+	if !st.Ready {
+		// The DaemonSet's readiness probe: an agent that answers but has not
+		// synced and applied yet is not ready.
+		return a.fail("status: the agent is not ready")
+	}
 	return exitOK
 }
 

@@ -175,4 +175,11 @@ func TestStatus(t *testing.T) {
 	if r.code != exitUsage {
 		t.Errorf("bad -o: exit %d", r.code)
 	}
+
+	// The readiness probe: an agent that answers but is not ready fails it.
+	notReady := serveStub(t, &stubAgent{status: agentapi.Status{Mode: "deny"}}, 0)
+	r = runCtl("--socket", notReady, "status")
+	if r.code != exitFailed || !strings.Contains(r.stdout, "Ready:           no") || !strings.Contains(r.stderr, "not ready") {
+		t.Errorf("not ready: exit %d, stdout %q, stderr %q; want 1", r.code, r.stdout, r.stderr)
+	}
 }

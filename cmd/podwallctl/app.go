@@ -53,7 +53,9 @@ func commands() []*command {
 		{
 			name: "status", args: "[-o table|json]", run: (*app).status,
 			summary: "show what the agent enforces: readiness, default policy, generation, the local\n" +
-				"pods and whether their policy is programmed, policies, problems and counts.",
+				"pods and whether their policy is programmed, policies, problems and counts.\n" +
+				"Exit 1 when the agent is unreachable or answers that it is not ready (the\n" +
+				"DaemonSet's readiness probe).",
 		},
 		{name: "ipam", summary: "inspect podwall-ipam", sub: []*command{
 			{
@@ -68,9 +70,11 @@ func commands() []*command {
 				name: "check", args: "--config FILE", run: (*app).ipamCheck,
 				summary: "validate FILE (a conflist, a netconf or a bare ipam section) and report every\n" +
 					"overlap of its ranges with this node's routes, the service CIDRs, the other\n" +
-					"ranges and the exclusions. Fails if an active range overlaps.",
+					"ranges and the exclusions. Fails if an active range overlaps. Ranges given as\n" +
+					"\"node\" are the podCIDRs in the config's nodeCIDRsFile (exit 1 without them).",
 			},
 		}},
+		installCommands(),
 	}
 }
 
@@ -146,9 +150,10 @@ func (a *app) usage(w io.Writer) {
 	fmt.Fprintln(w, "Global flags:")
 	fmt.Fprintf(w, "  --socket PATH   the podwall agent's unix socket (default %s)\n", defaultSocket)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Exit status: 0 success; 1 failure (agent unreachable, wait timed out), or a")
-	fmt.Fprintln(w, "conflict found by \"ipam check\";")
-	fmt.Fprintln(w, "2 usage error or invalid configuration.")
+	fmt.Fprintln(w, "Exit status: 0 success; 1 failure (agent unreachable, wait timed out, status of")
+	fmt.Fprintln(w, "an agent that is not ready), or a conflict found by \"ipam check\";")
+	fmt.Fprintln(w, "2 usage error or invalid configuration; install: 3 configuration refused,")
+	fmt.Fprintln(w, "4 no configuration to chain into.")
 }
 
 // leafFlags returns the flag set of a leaf command, printing its own usage.

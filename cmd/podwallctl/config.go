@@ -7,6 +7,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/podwall/podwall/ipam/nodecidrs"
 	"github.com/podwall/podwall/ipam/report"
 )
 
@@ -23,6 +24,14 @@ func (a *app) loadConfig(path string) (*report.LoadedConfig, int) {
 		fmt.Fprintf(a.stderr, "podwallctl: invalid configuration %s: %s\n", path, cniMessage(err))
 		return nil, exitUsage
 	}
+	// Ranges given as "node" are judged as the plugin would hand them out:
+	// with the podCIDRs the agent wrote.
+	resolved, err := nodecidrs.Resolve(loaded.Config)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "podwallctl: %s: the Node's podCIDRs are unknown: %s\n", path, cniMessage(err))
+		return nil, exitFailed
+	}
+	loaded.Config = resolved
 	return loaded, exitOK
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/podwall/podwall/ipam"
 	"github.com/podwall/podwall/ipam/filestore"
+	"github.com/podwall/podwall/ipam/nodecidrs"
 	"github.com/podwall/podwall/ipam/noderoutes"
 )
 
@@ -89,6 +90,9 @@ func (p *Plugin) cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	if err := requireIdentity(args); err != nil {
+		return err
+	}
+	if cfg, err = nodecidrs.Resolve(cfg); err != nil {
 		return err
 	}
 	var rec ipam.Record
@@ -229,6 +233,10 @@ func (p *Plugin) cmdStatus(args *skel.CmdArgs) error {
 	cfg, err := ipam.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
+	}
+	if cfg, err = nodecidrs.Resolve(cfg); err != nil {
+		// Not ready until the agent wrote the Node's podCIDRs.
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
 	st, err := filestore.Open(cfg.DataDir, cfg.Network, p.Log)
 	if err != nil {

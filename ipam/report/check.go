@@ -168,17 +168,21 @@ func (c *checker) summarise(rg ipam.Range, troubled bool) {
 	if troubled {
 		level = LevelInfo
 	}
+	origin := ""
+	if rg.FromNode {
+		origin = ", a podCIDR of the Node"
+	}
 	if rg.Draining {
-		c.add(level, "range %s (draining): hands out no new address; existing allocations stay valid", rg.Subnet)
+		c.add(level, "range %s (draining%s): hands out no new address; existing allocations stay valid", rg.Subnet, origin)
 		return
 	}
 	left := c.cfg.Pool(rg, ipam.Prefixes(c.foreign)).Size()
 	lost := new(big.Int).Sub(c.cfg.Pool(rg, nil).Size(), left)
 	if lost.Sign() > 0 {
-		c.add(level, "range %s (active): %s allocatable addresses (%s more are inside foreign routes)", rg.Subnet, left, lost)
+		c.add(level, "range %s (active%s): %s allocatable addresses (%s more are inside foreign routes)", rg.Subnet, origin, left, lost)
 		return
 	}
-	c.add(level, "range %s (active): %s allocatable addresses", rg.Subnet, left)
+	c.add(level, "range %s (active%s): %s allocatable addresses", rg.Subnet, origin, left)
 }
 
 func (c *checker) checkUnusedExclusions() {

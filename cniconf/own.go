@@ -1,0 +1,99 @@
+package cniconf
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+)
+
+// OwnOptions describe podwall's own conflist.
+type OwnOptions struct {
+	Network string // the network's name
+	Bridge  string
+	// Subnets are the IPAM ranges: "node" (the Node's podCIDRs, written by
+	// the agent) or CIDRs.
+	Subnets      []string
+	ServiceCIDRs []string
+	AgentSocket  string
+	// IPAMDataDir and NodeCIDRsFile override podwall-ipam's defaults
+	// (dataDir, nodeCIDRsFile) when set.
+	IPAMDataDir   string
+	NodeCIDRsFile string
+}
+
+// OwnCNIVersion is the cniVersion of podwall's own conflist.
+const OwnCNIVersion = "1.1.0"
+
+// OwnConflist builds a complete conflist: bridge with podwall-ipam, then
+// podwall, then portmap for hostPorts. Same options, same bytes.
+func OwnConflist(o OwnOptions) ([]byte, error) {
+	if !networkName.MatchString(o.Network) {
+		return nil, fmt.Errorf("invalid network name %q: use letters, digits, '_', '.' and '-'", o.Network)
+	}
+	if !linkName.MatchString(o.Bridge) {
+		return nil, fmt.Errorf("invalid bridge name %q: 1 to 15 characters, no '/', ':' or blanks", o.Bridge)
+	}
+	if len(o.Subnets) == 0 {
+		return nil, fmt.Errorf("no subnet given")
+	}
+	type rng struct {
+		Subnet string `json:"subnet"`
+	}
+	var ranges []rng
+	for _, s := range o.Subnets {
+		if s != "node" {
+			p, err := netip.ParsePrefix(s)
+			if err != nil || p.Masked() != p {
+				return nil, fmt.Errorf("subnet %q is neither \"node\" nor a canonical CIDR", s)
+			}
+		}
+		ranges = append(ranges, rng{s})
+	}
+	for _, s := range o.ServiceCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return nil, fmt.Errorf("service CIDR %q is not a CIDR", s)
+		}
+	}
+	type ipamSection struct {
+		Type          string   `json:"type"`
+		Ranges        []rng    `json:"ranges"`
+		ServiceCIDRs  []string `json:"serviceCIDRs,omitempty"`
+		DataDir       string   `json:"dataDir,omitempty"`
+		NodeCIDRsFile string   `json:"nodeCIDRsFile,omitempty"`
+	}
+	for _, p := range []string{o.IPAMDataDir, o.NodeCIDRsFile} {
+		if p != "" && !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("%q must be an absolute path", p)
+		}
+	}
+	socket := o.AgentSocket
+	if socket == "" {
+		socket = DefaultAgentSocket
+	}
+	// isDefaultGateway gives each pod a default route per family it has an
+	// address in, which a static "routes" list cannot do for "node" ranges.
+	plugins, err := json.Marshal([]any{
+		struct {
+			Type             string      `json:"type"`
+			Bridge           string      `json:"bridge"`
+			IsGateway        bool        `json:"isGateway"`
+			IsDefaultGateway bool        `json:"isDefaultGateway"`
+			IPMasq           bool        `json:"ipMasq"`
+			HairpinMode      bool        `json:"hairpinMode"`
+			IPAM             ipamSection `json:"ipam"`
+		}{"bridge", o.Bridge, true, true, true, true, ipamSection{"podwall-ipam", ranges, o.ServiceCIDRs, o.IPAMDataDir, o.NodeCIDRsFile}},
+		PodwallPlugin(socket),
+		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encoding the conflist: %w", err)
+	}
+	version, _ := json.Marshal(OwnCNIVersion) // cannot fail on strings
+	name, _ := json.Marshal(o.Network)
+	out, err := object{{"cniVersion", version}, {"name", name}, {"plugins", plugins}}.encode()
+	if err != nil {
+		return nil, err
+	}
+	return out, validateList(o.Network, out)
+}
