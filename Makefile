@@ -18,7 +18,7 @@ export PODWALL_BIN_DIR := $(BIN_DIR)
 # ip, iptables and friends live in sbin, which a non-login PATH may lack.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: all deps build plugins test bench demo clean
+.PHONY: all deps build plugins k8s-tools test bench demo clean
 
 all: build
 
@@ -37,7 +37,12 @@ build: plugins
 		$(GO_BUILD) -o $(BIN_DIR)/ ./cmd/...; \
 	fi
 
-test: deps build
+# Kubernetes binaries, etcd and the pause image for the cluster tests under
+# test/k8s, in bin/k8s/; rebuilt only when their inputs change (cold ~12 min).
+k8s-tools:
+	@scripts/build-k8s.sh
+
+test: deps build k8s-tools
 	@unformatted="$$(gofmt -l .)"; \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...

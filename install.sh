@@ -27,7 +27,7 @@ Options:
   --ctl-dir DIR        also copy podwallctl there (e.g. /usr/local/bin)
   --agent-socket PATH  the agent's socket (default /run/podwall/agent.sock)
   --write-conflist     write podwall's own conflist (bridge + podwall-ipam +
-                       podwall + portmap, cniVersion 1.1.0) instead of chaining:
+                       podwall + portmap) instead of chaining:
     --conflist-name NAME   file name, must sort first (default 00-podwall.conflist)
     --network NAME         network name (default podwall)
     --bridge NAME          bridge device (default podwall0)
@@ -37,6 +37,8 @@ Options:
     --ipam-data-dir DIR    podwall-ipam's dataDir (default /var/lib/podwall/ipam)
     --node-cidrs-file FILE where the agent writes the Node's podCIDRs
                            (default /var/lib/podwall/node-podcidrs.json)
+    --cni-version V        the conflist's cniVersion, 0.4.0 to 1.1.0 (default
+                           1.0.0: containerd 1.6 refuses 1.1.0 results)
   --uninstall          restore every original config byte for byte, remove our
                        binaries (and podwallctl from --ctl-dir), and remove the
                        iptables/ip6tables chains and ipsets named PODWALL-*
@@ -83,6 +85,7 @@ subnet=node
 service_cidr=""
 ipam_data_dir=""
 node_cidrs_file=""
+cni_version=""
 
 need_value() {
 	[[ $# -ge 2 && -n "$2" ]] || die 2 "$1 needs a value (see --help)"
@@ -103,6 +106,7 @@ while [[ $# -gt 0 ]]; do
 	--service-cidr) need_value "$@"; service_cidr=$2; shift 2 ;;
 	--ipam-data-dir) need_value "$@"; ipam_data_dir=$2; shift 2 ;;
 	--node-cidrs-file) need_value "$@"; node_cidrs_file=$2; shift 2 ;;
+	--cni-version) need_value "$@"; cni_version=$2; shift 2 ;;
 	--uninstall) mode="uninstall"; shift ;;
 	--dry-run) dry_run=(--dry-run); shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -126,7 +130,8 @@ conf_edit() {
 	if [[ "$mode" == write ]]; then
 		conf write-conflist --cni-conf-dir "$cni_conf_dir" --agent-socket "$agent_socket" --file "$conflist_name" \
 			--network "$network" --bridge "$bridge" --subnet "$subnet" --service-cidr "$service_cidr" \
-			--ipam-data-dir "$ipam_data_dir" --node-cidrs-file "$node_cidrs_file" "$@"
+			--ipam-data-dir "$ipam_data_dir" --node-cidrs-file "$node_cidrs_file" \
+			${cni_version:+--cni-version "$cni_version"} "$@"
 	else
 		conf chain --cni-conf-dir "$cni_conf_dir" --agent-socket "$agent_socket" "$@"
 	fi

@@ -137,7 +137,7 @@ func TestOwnConflist(t *testing.T) {
 		t.Error("same options, different bytes")
 	}
 	list, _ := libcni.ConfListFromBytes(a)
-	if pluginTypes(t, a) != "bridge,podwall,portmap" || list.CNIVersion != "1.1.0" ||
+	if pluginTypes(t, a) != "bridge,podwall,portmap" || list.CNIVersion != cniconf.DefaultOwnCNIVersion ||
 		!strings.Contains(string(a), `"type": "podwall-ipam"`) || !strings.Contains(string(a), `"subnet": "node"`) {
 		t.Errorf("own conflist:\n%s", a)
 	}

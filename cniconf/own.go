@@ -20,10 +20,15 @@ type OwnOptions struct {
 	// (dataDir, nodeCIDRsFile) when set.
 	IPAMDataDir   string
 	NodeCIDRsFile string
+	// CNIVersion is the list's cniVersion, MinCNIVersion to MaxCNIVersion;
+	// empty means DefaultOwnCNIVersion.
+	CNIVersion string
 }
 
-// OwnCNIVersion is the cniVersion of podwall's own conflist.
-const OwnCNIVersion = "1.1.0"
+// DefaultOwnCNIVersion is the cniVersion of podwall's own conflist unless
+// told otherwise. Not 1.1.0: containerd 1.6 (Debian 12's) refuses results of
+// that version, and 1.0.0 gives every plugin of the list all it needs.
+const DefaultOwnCNIVersion = "1.0.0"
 
 // OwnConflist builds a complete conflist: bridge with podwall-ipam, then
 // podwall, then portmap for hostPorts. Same options, same bytes.
@@ -89,7 +94,14 @@ func OwnConflist(o OwnOptions) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding the conflist: %w", err)
 	}
-	version, _ := json.Marshal(OwnCNIVersion) // cannot fail on strings
+	cniVersion := o.CNIVersion
+	if cniVersion == "" {
+		cniVersion = DefaultOwnCNIVersion
+	}
+	if err := checkVersion(o.Network, cniVersion); err != nil {
+		return nil, err
+	}
+	version, _ := json.Marshal(cniVersion) // cannot fail on strings
 	name, _ := json.Marshal(o.Network)
 	out, err := object{{"cniVersion", version}, {"name", name}, {"plugins", plugins}}.encode()
 	if err != nil {

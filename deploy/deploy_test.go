@@ -146,7 +146,7 @@ func checkRole(t *testing.T, role *rbacv1.ClusterRole) {
 			want = append(want, res+":"+v)
 		}
 	}
-	want = append(want, "/events:create", "/events:patch", "events.k8s.io/events:create", "events.k8s.io/events:patch", "/pods/eviction:create")
+	want = append(want, "/events:create", "/pods/eviction:create")
 	for _, w := range want {
 		if !granted[w] {
 			t.Errorf("role lacks %s", w)

@@ -12,6 +12,10 @@ declare -A wanted=(
 	[conntrack]=conntrack
 	[iperf3]=iperf3
 	[gcc]=gcc # go test -race needs cgo
+	# the kubelet's runtime in the cluster tests (test/k8s)
+	[containerd]=containerd
+	[runc]=runc
+	[shellcheck]=shellcheck # install.sh and the scripts are checked in the tests
 )
 
 missing=()

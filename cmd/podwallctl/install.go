@@ -30,10 +30,10 @@ func installCommands() *command {
 				"DIR holds none.",
 		},
 		{
-			name: "write-conflist", args: "--cni-conf-dir DIR [--file NAME] [--network NAME] [--bridge NAME] [--subnet node|CIDR,...] [--service-cidr CIDR,...] [--ipam-data-dir DIR] [--node-cidrs-file FILE] [--agent-socket PATH] [--dry-run]",
+			name: "write-conflist", args: "--cni-conf-dir DIR [--file NAME] [--network NAME] [--bridge NAME] [--subnet node|CIDR,...] [--service-cidr CIDR,...] [--ipam-data-dir DIR] [--node-cidrs-file FILE] [--cni-version V] [--agent-socket PATH] [--dry-run]",
 			run: (*app).installWrite,
 			summary: "write podwall's own conflist (bridge + podwall-ipam + podwall + portmap, cniVersion\n" +
-				"1.1.0) as DIR/NAME, which must sort first in DIR. A different file of that name\n" +
+				"1.0.0 unless --cni-version) as DIR/NAME, which must sort first in DIR. A different file of that name\n" +
 				"is kept in DIR/" + cniconf.BackupDirName + ".",
 		},
 		{
@@ -68,6 +68,7 @@ func (a *app) installWrite(fs *flag.FlagSet, args []string) int {
 	socket := fs.String("agent-socket", cniconf.DefaultAgentSocket, "the agent socket named in the podwall plugin")
 	dataDir := fs.String("ipam-data-dir", "", "podwall-ipam's dataDir (default: podwall-ipam's own, /var/lib/podwall/ipam)")
 	podCIDRs := fs.String("node-cidrs-file", "", `podwall-ipam's nodeCIDRsFile for "node" (default: /var/lib/podwall/node-podcidrs.json)`)
+	cniVersion := fs.String("cni-version", cniconf.DefaultOwnCNIVersion, "the conflist's cniVersion, "+cniconf.MinCNIVersion+" to "+cniconf.MaxCNIVersion+" (the runtime must accept it: containerd 1.6 takes at most 1.0.0)")
 	dryRun := fs.Bool("dry-run", false, "say what would change, change nothing")
 	if code, done := a.parseLeaf(fs, args); done {
 		return code
@@ -77,7 +78,7 @@ func (a *app) installWrite(fs *flag.FlagSet, args []string) int {
 	}
 	content, err := cniconf.OwnConflist(cniconf.OwnOptions{
 		Network: *network, Bridge: *bridge, Subnets: splitList(*subnets), ServiceCIDRs: splitList(*services), AgentSocket: *socket,
-		IPAMDataDir: *dataDir, NodeCIDRsFile: *podCIDRs,
+		IPAMDataDir: *dataDir, NodeCIDRsFile: *podCIDRs, CNIVersion: *cniVersion,
 	})
 	if err != nil {
 		return a.usageError(fs, "%v", err)

@@ -60,6 +60,8 @@ type Agent struct {
 	generation uint64
 	applied    map[string]uint64 // key -> seq of the attachment last applied
 	lastGood   lastApply
+	// compileCache keeps what the compiler derived from unchanged objects.
+	compileCache *policy.Cache
 
 	statusMu sync.Mutex
 	status   agentapi.Status
@@ -124,6 +126,8 @@ func New(cfg Config) (*Agent, error) {
 		wake:    make(chan struct{}, 1),
 		reg:     newRegistry(),
 		applied: map[string]uint64{},
+
+		compileCache: policy.NewCache(),
 	}
 	a.status = agentapi.Status{Mode: string(mode), Pods: []agentapi.PodStatus{}}
 	return a, nil
@@ -154,7 +158,13 @@ func (a *Agent) Detach(ctx context.Context, key string) error {
 // Sync re-reads the source and returns the status after the apply that
 // follows.
 func (a *Agent) Sync(ctx context.Context) (agentapi.Status, error) {
-	return a.submit(ctx, &request{kind: reqSync})
+	// The source is read here, not in the loop: a slow or unreachable
+	// origin must not hold up attachments and other syncs.
+	r := &request{kind: reqSync}
+	if err := a.cfg.Source.Resync(ctx); err != nil {
+		r.err = fmt.Errorf("reading policy source: %w", err)
+	}
+	return a.submit(ctx, r)
 }
 
 // Status returns what the agent enforces.
@@ -291,15 +301,15 @@ func (a *Agent) handle(ctx context.Context, r *request) {
 	case reqAttach:
 		a.reg.put(r.att)
 		a.log.Info("pod attached", "pod", r.att.ref(), "key", r.att.api.Key, "ips", r.att.api.IPs)
+		a.fetchPod(ctx, r.att)
 	case reqDetach:
 		if _, ok := a.reg.byKey[r.key]; ok {
 			a.log.Info("pod detached", "key", r.key)
 		}
 		a.reg.remove(r.key)
 	case reqSync:
-		if err := a.cfg.Source.Resync(ctx); err != nil {
-			r.err = fmt.Errorf("reading policy source: %w", err)
-		}
+		// Sync read the source before queueing: the apply that follows
+		// sees everything it found.
 	}
 }
 
@@ -359,7 +369,10 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if srcErr != nil {
 		problems = append(problems, fmt.Sprintf("policy source: %v (enforcing its last good contents)", srcErr))
 	}
+	in.Cache = a.compileCache
+	compileStart := time.Now()
 	desired, err := policy.Compile(in)
+	compileTook := time.Since(compileStart)
 	if err != nil {
 		return a.failed(fmt.Errorf("compiling policy: %w", err), problems)
 	}
@@ -380,7 +393,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	a.lastGood = lastApply{at: time.Now(), stats: desired.Stats()}
 	a.log.Debug("policy applied", "generation", a.generation, "pods", len(desired.Pods), "policies", len(objs.Policies),
-		"took", time.Since(start), "chainsWritten", stats.ChainsWritten, "setsCreated", stats.SetsCreated,
+		"took", time.Since(start), "compileTook", compileTook, "chainsWritten", stats.ChainsWritten, "setsCreated", stats.SetsCreated,
 		"setsDestroyed", stats.SetsDestroyed, "unchanged", stats.Unchanged)
 	a.publish(len(objs.Policies), problems, "")
 	return nil

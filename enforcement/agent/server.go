@@ -79,6 +79,9 @@ func Handler(api API, log *slog.Logger) http.Handler {
 			Generation uint64 `json:"generation"`
 		}{st.Generation})
 	})
+	if m, ok := api.(MetricsServer); ok {
+		mux.Handle("GET /metrics", m.Metrics())
+	}
 	return mux
 }
 

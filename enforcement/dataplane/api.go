@@ -8,6 +8,7 @@ package dataplane
 
 import (
 	"net/netip"
+	"time"
 )
 
 // Layout says how a pod's host-side interface is attached.
@@ -38,8 +39,11 @@ type Pod struct {
 // Config locates the dataplane's state.
 type Config struct {
 	// StateDir holds the lock that every writer of podwall's iptables state
-	// takes (the directory of the agent's socket).
+	// takes (the directory of the agent's socket), and the journal.
 	StateDir string
+	// MaxStateAge bounds how long Apply trusts its memory of the kernel
+	// between full reads; zero means DefaultMaxStateAge.
+	MaxStateAge time.Duration
 }
 
 // ApplyStats says what one Apply changed.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/podwall/podwall/enforcement/policy"
 )
@@ -52,6 +54,61 @@ func detectBackend(ctx context.Context) (backend, error) {
 	default:
 		return "", fmt.Errorf("detecting the iptables backend: unrecognised %q", strings.TrimSpace(v))
 	}
+}
+
+// BackendFile, in Config.StateDir, remembers which backend the iptables
+// binary is, so that a plugin invocation need not run `iptables -V`. It
+// names the binary that iptables resolves to (through the alternatives
+// symlinks) with its inode, size and modification time: switching the
+// alternative, or replacing the binary, makes it run `iptables -V` again.
+const BackendFile = "iptables.backend"
+
+// cachedBackend detects the backend, or takes it from the cache file when
+// that describes the same iptables binary.
+func cachedBackend(ctx context.Context, stateDir string) (backend, error) {
+	id, idErr := iptablesIdentity()
+	path := filepath.Join(stateDir, BackendFile)
+	if idErr == nil {
+		if data, err := os.ReadFile(path); err == nil {
+			if cachedID, b, ok := strings.Cut(strings.TrimSpace(string(data)), " backend="); ok && cachedID == id &&
+				(backend(b) == backendNFT || backend(b) == backendLegacy) {
+				return backend(b), nil
+			}
+		}
+	}
+	b, err := detectBackend(ctx)
+	if err != nil || idErr != nil {
+		return b, err
+	}
+	// Best effort: without the cache every invocation detects again.
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	if err := os.WriteFile(tmp, []byte(id+" backend="+string(b)+"\n"), 0o600); err == nil {
+		if err := os.Rename(tmp, path); err != nil {
+			_ = os.Remove(tmp)
+		}
+	}
+	return b, nil
+}
+
+// iptablesIdentity names the binary that `iptables` runs.
+func iptablesIdentity() (string, error) {
+	p, err := lookPath("iptables")
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "", fmt.Errorf("no inode for %s", real)
+	}
+	return fmt.Sprintf("iptables=%s->%s dev=%d ino=%d size=%d mtime=%d", p, real, st.Dev, st.Ino, fi.Size(), fi.ModTime().UnixNano()), nil
 }
 
 // checkNotMixed refuses a host where the backend we do not use also holds

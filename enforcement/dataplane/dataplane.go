@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,9 +22,15 @@ const LockFile = "iptables.lock"
 // the thread that calls it. Every read-modify-write holds the state lock,
 // so plugin invocations and the agent never interleave.
 type Dataplane struct {
-	log      *slog.Logger
-	lockPath string
-	backend  backend
+	log         *slog.Logger
+	stateDir    string
+	lockPath    string
+	backend     backend
+	maxStateAge time.Duration
+
+	// stateMu guards state, Apply's memory of the kernel (nil: read it).
+	stateMu sync.Mutex
+	state   *kernelState
 }
 
 // New detects the iptables backend and refuses a host where the other
@@ -40,14 +47,18 @@ func New(cfg Config, log *slog.Logger) (*Dataplane, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := detectBackend(ctx)
+	b, err := cachedBackend(ctx, cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkNotMixed(ctx, b); err != nil {
 		return nil, err
 	}
-	return &Dataplane{log: log, lockPath: filepath.Join(cfg.StateDir, LockFile), backend: b}, nil
+	maxAge := cfg.MaxStateAge
+	if maxAge <= 0 {
+		maxAge = DefaultMaxStateAge
+	}
+	return &Dataplane{log: log, stateDir: cfg.StateDir, lockPath: filepath.Join(cfg.StateDir, LockFile), backend: b, maxStateAge: maxAge}, nil
 }
 
 // locked runs fn holding the exclusive state lock, waiting for it as long
@@ -88,12 +99,40 @@ func (d *Dataplane) save(ctx context.Context, f policy.Family) (*table, error) {
 // restore applies a script atomically, leaving every chain it does not
 // declare as it is.
 func (d *Dataplane) restore(ctx context.Context, f policy.Family, s *script) error {
-	if s.empty() {
-		return nil
+	return d.restoreFamilies(ctx, map[policy.Family]*script{f: s})[f]
+}
+
+// restoreFamilies applies one script per family, the families side by
+// side (their tables are independent), and returns each family's error.
+func (d *Dataplane) restoreFamilies(ctx context.Context, scripts map[policy.Family]*script) map[policy.Family]error {
+	errs := map[policy.Family]error{}
+	procs := map[policy.Family]*process{}
+	for _, f := range policy.Families() {
+		s := scripts[f]
+		if s == nil || s.empty() {
+			continue
+		}
+		p, err := start(ctx, s.bytes(), d.backend.tool(f, "restore"), "-w", "--noflush")
+		if err != nil {
+			errs[f] = fmt.Errorf("writing %s rules: %w", f, err)
+			continue
+		}
+		procs[f] = p
 	}
-	data := s.bytes()
-	if _, err := run(ctx, data, d.backend.tool(f, "restore"), "-w", "--noflush"); err != nil {
-		return fmt.Errorf("writing %s rules: %w\n%s", f, err, data)
+	for f, p := range procs {
+		if _, err := p.wait(); err != nil {
+			errs[f] = fmt.Errorf("writing %s rules: %w\n%s", f, err, scripts[f].bytes())
+		}
+	}
+	return errs
+}
+
+// firstError returns the error of the first family that has one.
+func firstError(errs map[policy.Family]error) error {
+	for _, f := range policy.Families() {
+		if errs[f] != nil {
+			return errs[f]
+		}
 	}
 	return nil
 }

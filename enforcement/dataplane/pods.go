@@ -88,21 +88,75 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 		}
 	}
 	return d.locked(ctx, func() error {
-		for _, f := range policy.Families() {
-			t, err := d.save(ctx, f)
-			if err != nil {
-				return err
+		return d.journaled(opEnsure, p.Key, func() error {
+			// The usual case, a new pod on a node with pods, needs no
+			// read of the tables: one restore per family, which fails,
+			// changing nothing, unless the base chains are there and the
+			// pod's are not.
+			fresh := map[policy.Family]*script{}
+			for _, f := range policy.Families() {
+				s, err := freshPodScript(p, f)
+				if err != nil {
+					return err
+				}
+				fresh[f] = s
 			}
-			s, err := scripts[f](t)
-			if err != nil {
-				return err
+			freshErrs := d.restoreFamilies(ctx, fresh)
+			for _, f := range policy.Families() {
+				if freshErrs[f] == nil {
+					continue
+				}
+				t, err := d.save(ctx, f)
+				if err != nil {
+					return err
+				}
+				s, err := scripts[f](t)
+				if err != nil {
+					return err
+				}
+				if err := d.restore(ctx, f, s); err != nil {
+					return fmt.Errorf("installing chains of pod %s: %w", podRef(p), err)
+				}
 			}
-			if err := d.restore(ctx, f, s); err != nil {
-				return fmt.Errorf("installing chains of pod %s: %w", podRef(p), err)
-			}
-		}
-		return nil
+			return nil
+		})
 	})
+}
+
+// freshPodScript installs a pod that has no chains yet on a node whose
+// base chains and jumps are in place, and fails as a whole otherwise:
+// -C fails on a missing jump (and so a missing base chain), -N on an
+// existing chain, -A on a missing dispatch chain.
+func freshPodScript(p Pod, f policy.Family) (*script, error) {
+	fromRules, err := fromPodRules(p, f)
+	if err != nil {
+		return nil, err
+	}
+	s := &script{}
+	for _, j := range baseJumps {
+		s.rule("-C", j.builtin, j.args)
+	}
+	in, out := policyChains(p.Key)
+	for _, c := range []string{fromPodChain(p.Key), toPodChain(p.Key), in, out} {
+		s.raw("-N " + c)
+	}
+	for _, c := range []string{in, out} {
+		s.rule("-A", c, defaultDenyRule(p))
+	}
+	for _, r := range fromRules {
+		s.rule("-A", fromPodChain(p.Key), r)
+	}
+	for _, r := range toPodRules(p, f) {
+		s.rule("-A", toPodChain(p.Key), r)
+	}
+	egress, ingress := dispatchRules(p, f)
+	for _, r := range egress {
+		s.rule("-A", chainEgress, r)
+	}
+	for _, r := range ingress {
+		s.rule("-A", chainIngress, r)
+	}
+	return s, nil
 }
 
 // ensureBase adds what is missing of the base chains and jumps; existing
@@ -165,16 +219,18 @@ func (d *Dataplane) RemovePod(ctx context.Context, key string) error {
 		return err
 	}
 	return d.locked(ctx, func() error {
-		for _, f := range policy.Families() {
-			t, err := d.save(ctx, f)
-			if err != nil {
-				return err
+		return d.journaled(opRemove, key, func() error {
+			for _, f := range policy.Families() {
+				t, err := d.save(ctx, f)
+				if err != nil {
+					return err
+				}
+				if err := d.restore(ctx, f, removeScript(t, key)); err != nil {
+					return fmt.Errorf("removing chains of %s: %w", key, err)
+				}
 			}
-			if err := d.restore(ctx, f, removeScript(t, key)); err != nil {
-				return fmt.Errorf("removing chains of %s: %w", key, err)
-			}
-		}
-		return nil
+			return nil
+		})
 	})
 }
 

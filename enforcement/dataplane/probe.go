@@ -22,42 +22,46 @@ func (d *Dataplane) Probe(ctx context.Context) error {
 		name = name[:28]
 	}
 	return d.locked(ctx, func() error {
-		var errs []error
-		for _, f := range policy.Families() {
-			set := fmt.Sprintf("%sPROBE%s-%d", chainPrefix, f.String()[3:], os.Getpid())
-			if err := ipsetRestore(ctx, []string{fmt.Sprintf("create %s hash:ip family %s", set, string(f))}); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			create := &script{}
-			create.declare(name)
-			rules := [][]string{
-				{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"},
-				{"-m", "physdev", "--physdev-in", "podwallprobe0", "-j", "RETURN"},
-				{"-m", "physdev", "--physdev-out", "podwallprobe0", "--physdev-is-bridged", "-j", "RETURN"},
-				{"-p", "tcp", "-m", "multiport", "--dports", "80,443", "-m", "comment", "--comment", "podwall: probe", "-j", "RETURN"},
-				{"-m", "set", "--match-set", set, "src", "-j", "RETURN"},
-				{"-m", "mark", "--mark", markEgressPassed, "-j", "MARK", "--set-xmark", markEgressPassed},
-			}
-			if f == policy.IPv6 {
-				rules = append(rules, neighbourDiscovery("fe80::/10", "RETURN")...)
-			}
-			for _, r := range rules {
-				create.rule("-A", name, r)
-			}
-			err := d.restore(ctx, f, create)
-			remove := &script{}
-			remove.declare(name)
-			remove.raw("-X " + name)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s matches unusable: %w", f, err))
-			} else if err := d.restore(ctx, f, remove); err != nil {
-				errs = append(errs, err)
-			}
-			if err := ipsetRestore(ctx, []string{"destroy " + set}); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
+		return d.journaled(opProbe, "-", func() error { return d.probe(ctx, name) })
 	})
+}
+
+func (d *Dataplane) probe(ctx context.Context, name string) error {
+	var errs []error
+	for _, f := range policy.Families() {
+		set := fmt.Sprintf("%sPROBE%s-%d", chainPrefix, f.String()[3:], os.Getpid())
+		if err := ipsetRestore(ctx, []string{fmt.Sprintf("create %s hash:ip family %s", set, string(f))}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		create := &script{}
+		create.declare(name)
+		rules := [][]string{
+			{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"},
+			{"-m", "physdev", "--physdev-in", "podwallprobe0", "-j", "RETURN"},
+			{"-m", "physdev", "--physdev-out", "podwallprobe0", "--physdev-is-bridged", "-j", "RETURN"},
+			{"-p", "tcp", "-m", "multiport", "--dports", "80,443", "-m", "comment", "--comment", "podwall: probe", "-j", "RETURN"},
+			{"-m", "set", "--match-set", set, "src", "-j", "RETURN"},
+			{"-m", "mark", "--mark", markEgressPassed, "-j", "MARK", "--set-xmark", markEgressPassed},
+		}
+		if f == policy.IPv6 {
+			rules = append(rules, neighbourDiscovery("fe80::/10", "RETURN")...)
+		}
+		for _, r := range rules {
+			create.rule("-A", name, r)
+		}
+		err := d.restore(ctx, f, create)
+		remove := &script{}
+		remove.declare(name)
+		remove.raw("-X " + name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s matches unusable: %w", f, err))
+		} else if err := d.restore(ctx, f, remove); err != nil {
+			errs = append(errs, err)
+		}
+		if err := ipsetRestore(ctx, []string{"destroy " + set}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -60,10 +60,13 @@ type cluster struct {
 	problems   []Problem
 }
 
-func newCluster(namespaces []corev1.Namespace, pods []corev1.Pod) *cluster {
+// newCluster indexes the objects; derive makes a pod's podInfo (newPodInfo,
+// or a Cache's copy of what it made before).
+func newCluster(namespaces []corev1.Namespace, pods []corev1.Pod, derive func(*corev1.Pod) (*podInfo, []Problem)) *cluster {
 	c := &cluster{
 		nsLabels: map[string]labels.Set{},
-		byRef:    map[Ref]*podInfo{},
+		pods:     make([]*podInfo, 0, len(pods)),
+		byRef:    make(map[Ref]*podInfo, len(pods)),
 		byNS:     map[string][]*podInfo{},
 	}
 	for i := range namespaces {
@@ -75,7 +78,7 @@ func newCluster(namespaces []corev1.Namespace, pods []corev1.Pod) *cluster {
 		c.nsLabels[ns.Name] = namespaceLabels(ns.Name, ns.Labels)
 	}
 	for i := range pods {
-		c.addPod(&pods[i])
+		c.addPod(&pods[i], derive)
 	}
 	for ns := range c.byNS {
 		if _, ok := c.nsLabels[ns]; !ok {
@@ -109,7 +112,7 @@ func (c *cluster) problem(kind, ns, name string, err error) {
 	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
 }
 
-func (c *cluster) addPod(pod *corev1.Pod) {
+func (c *cluster) addPod(pod *corev1.Pod, derive func(*corev1.Pod) (*podInfo, []Problem)) {
 	ref := Ref{Namespace: pod.Namespace, Name: pod.Name}
 	if ref.Namespace == "" {
 		ref.Namespace = corev1.NamespaceDefault
@@ -118,6 +121,20 @@ func (c *cluster) addPod(pod *corev1.Pod) {
 		c.problem("Pod", ref.Namespace, ref.Name, fmt.Errorf("listed more than once; the first one counts"))
 		return
 	}
+	p, problems := derive(pod)
+	c.problems = append(c.problems, problems...)
+	c.pods = append(c.pods, p)
+	c.byRef[ref] = p
+	c.byNS[ref.Namespace] = append(c.byNS[ref.Namespace], p)
+}
+
+// newPodInfo derives what the compiler needs of a pod from the pod alone.
+func newPodInfo(pod *corev1.Pod) (*podInfo, []Problem) {
+	ref := Ref{Namespace: pod.Namespace, Name: pod.Name}
+	if ref.Namespace == "" {
+		ref.Namespace = corev1.NamespaceDefault
+	}
+	var problems []Problem
 	p := &podInfo{
 		ref:    ref,
 		labels: labels.Set(pod.Labels),
@@ -138,7 +155,8 @@ func (c *cluster) addPod(pod *corev1.Pod) {
 	for _, s := range ips {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			c.problem("Pod", ref.Namespace, ref.Name, fmt.Errorf("status.podIPs: invalid address %q, ignored", s))
+			problems = append(problems, Problem{Kind: "Pod", Namespace: ref.Namespace, Name: ref.Name,
+				Err: fmt.Errorf("status.podIPs: invalid address %q, ignored", s)})
 			continue
 		}
 		p.ips = append(p.ips, a.Unmap())
@@ -157,9 +175,7 @@ func (c *cluster) addPod(pod *corev1.Pod) {
 			p.ports = append(p.ports, containerPort{name: cp.Name, proto: proto, port: uint16(cp.ContainerPort)})
 		}
 	}
-	c.pods = append(c.pods, p)
-	c.byRef[ref] = p
-	c.byNS[ref.Namespace] = append(c.byNS[ref.Namespace], p)
+	return p, problems
 }
 
 // podsSelectedBy returns the pods a pod peer selects, in order. Pods that

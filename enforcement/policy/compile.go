@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Compile computes the ipsets and chains that enforce the policies for the
@@ -20,15 +21,25 @@ func Compile(in Input) (*Desired, error) {
 	if err != nil {
 		return nil, err
 	}
+	parse := parsePolicy
+	derive := newPodInfo
+	if in.Cache != nil {
+		in.Cache.mu.Lock()
+		defer in.Cache.mu.Unlock()
+		u := &usage{policies: map[objectKey]*parsedPolicy{}, pods: make(map[podKey]*cachedPod, len(in.Pods))}
+		parse = func(np *networkingv1.NetworkPolicy) *parsedPolicy { return in.Cache.parsed(u, np) }
+		derive = func(p *corev1.Pod) (*podInfo, []Problem) { return in.Cache.pod(u, p) }
+		defer func() { in.Cache.policies, in.Cache.pods = u.policies, u.pods }()
+	}
 	c := &compiler{
 		mode:     mode,
-		cluster:  newCluster(in.Namespaces, in.Pods),
+		cluster:  newCluster(in.Namespaces, in.Pods, derive),
 		sets:     newSetRegistry(),
 		selCache: map[string][]*podInfo{},
 		byNS:     map[string][]*parsedPolicy{},
 	}
 	c.problems = append(c.problems, c.cluster.problems...)
-	c.parsePolicies(in)
+	c.parsePolicies(in, parse)
 
 	d := &Desired{}
 	attachments := c.attachments(in)
@@ -68,10 +79,10 @@ func (c *compiler) problem(kind string, ref Ref, err error) {
 	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
 }
 
-func (c *compiler) parsePolicies(in Input) {
+func (c *compiler) parsePolicies(in Input, parse func(*networkingv1.NetworkPolicy) *parsedPolicy) {
 	seen := map[Ref]bool{}
 	for i := range in.Policies {
-		p := parsePolicy(&in.Policies[i])
+		p := parse(&in.Policies[i])
 		if seen[p.ref] {
 			c.problem("NetworkPolicy", p.ref, errors.New("listed more than once; the first one counts"))
 			continue

@@ -95,6 +95,9 @@ type Input struct {
 	// and a key whose pod is missing from Pods still gets chains, which
 	// drop everything, so that an attached pod never loses its chains.
 	ChainKeys map[Ref]string
+	// Cache, when set, keeps what is derived from single objects between
+	// compilations (see Cache); the output is the same with or without.
+	Cache *Cache
 }
 
 // Desired is the complete enforcement state for the node: what the

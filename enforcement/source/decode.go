@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,13 +30,111 @@ type header struct {
 	} `json:"metadata"`
 }
 
-// decoder collects the objects of one read of the manifests.
+// decoded is one outcome of a file's documents, in document order: a
+// problem, or an object to claim. Claims are resolved across files only
+// when the files are merged (see merger), so that what a file decodes to
+// depends on its bytes alone and can be kept while the file is unchanged.
+type decoded struct {
+	problem *Problem
+	// claim names the object (kind, namespace, name, file, document);
+	// set together with exactly one of ns, pod and policy.
+	claim  *Problem
+	ns     *corev1.Namespace
+	pod    *corev1.Pod
+	policy *networkingv1.NetworkPolicy
+}
+
+// decoder decodes the documents of one file.
 type decoder struct {
+	out []decoded
+}
+
+// decodeFile decodes every document of one file.
+func decodeFile(file string, data []byte) []decoded {
+	d := &decoder{}
+	docs, err := splitDocuments(file, data)
+	for i, doc := range docs {
+		d.addDocument(file, i, doc)
+	}
+	if err != nil {
+		d.problem(Problem{File: file, Index: len(docs), Err: fmt.Errorf("rest of the file skipped: %w", err)})
+	}
+	return d.out
+}
+
+// merger assembles the files of one read, in file order: the first
+// definition of an object counts, later ones are reported.
+type merger struct {
 	objs Objects
 	seen map[string]string // kind/namespace/name -> file that defined it first
 }
 
-func newDecoder() *decoder { return &decoder{seen: map[string]string{}} }
+// newMerger sizes the merge for n objects, which saves growing large
+// slices of large structs.
+func newMerger(n objectCount) *merger {
+	return &merger{
+		seen: make(map[string]string, n.namespaces+n.pods+n.policies),
+		objs: Objects{
+			Namespaces: make([]corev1.Namespace, 0, n.namespaces),
+			Pods:       make([]corev1.Pod, 0, n.pods),
+			Policies:   make([]networkingv1.NetworkPolicy, 0, n.policies),
+		},
+	}
+}
+
+type objectCount struct{ namespaces, pods, policies int }
+
+func countObjects(files map[string]cachedFile) objectCount {
+	var n objectCount
+	for _, f := range files {
+		for _, it := range f.items {
+			switch {
+			case it.ns != nil:
+				n.namespaces++
+			case it.pod != nil:
+				n.pods++
+			case it.policy != nil:
+				n.policies++
+			}
+		}
+	}
+	return n
+}
+
+func (m *merger) problem(p Problem) { m.objs.Problems = append(m.objs.Problems, p) }
+
+func (m *merger) add(items []decoded) {
+	for _, it := range items {
+		if it.problem != nil {
+			m.problem(*it.problem)
+			continue
+		}
+		if !m.claim(*it.claim) {
+			continue
+		}
+		switch {
+		case it.ns != nil:
+			m.objs.Namespaces = append(m.objs.Namespaces, *it.ns)
+		case it.pod != nil:
+			m.objs.Pods = append(m.objs.Pods, *it.pod)
+		case it.policy != nil:
+			m.objs.Policies = append(m.objs.Policies, *it.policy)
+		}
+	}
+}
+
+// claim records kind/namespace/name as defined in p.File, reporting a
+// duplicate (the first definition, in file order, counts).
+func (m *merger) claim(p Problem) bool {
+	id := p.Kind + "/" + p.Namespace + "/" + p.Name
+	if first, dup := m.seen[id]; dup {
+		p.Err = fmt.Errorf("already defined in %s; this one is ignored", first)
+		m.problem(p)
+		return false
+	}
+	m.seen[id] = p.File
+	return true
+}
 
 // splitDocuments returns the documents of a file as JSON.
 func splitDocuments(name string, data []byte) ([][]byte, error) {
@@ -68,18 +167,12 @@ func splitDocuments(name string, data []byte) ([][]byte, error) {
 	}
 }
 
-// addFile decodes every document of one file.
-func (d *decoder) addFile(file string, data []byte) {
-	docs, err := splitDocuments(file, data)
-	for i, doc := range docs {
-		d.addDocument(file, i, doc)
-	}
-	if err != nil {
-		d.problem(Problem{File: file, Index: len(docs), Err: fmt.Errorf("rest of the file skipped: %w", err)})
-	}
-}
+func (d *decoder) problem(p Problem) { d.out = append(d.out, decoded{problem: &p}) }
 
-func (d *decoder) problem(p Problem) { d.objs.Problems = append(d.objs.Problems, p) }
+func (d *decoder) object(claim Problem, it decoded) {
+	it.claim = &claim
+	d.out = append(d.out, it)
+}
 
 // addDocument decodes one YAML or JSON document.
 func (d *decoder) addDocument(file string, index int, doc []byte) {
@@ -142,17 +235,14 @@ func (d *decoder) addList(file string, index int, js []byte) {
 	}
 }
 
-// claim records kind/namespace/name as defined in p.File, reporting a
-// duplicate (the first definition, in file order, counts).
-func (d *decoder) claim(p Problem) bool {
-	id := p.Kind + "/" + p.Namespace + "/" + p.Name
-	if first, dup := d.seen[id]; dup {
-		p.Err = fmt.Errorf("already defined in %s; this one is ignored", first)
-		d.problem(p)
-		return false
-	}
-	d.seen[id] = p.File
-	return true
+// contentVersion is the resourceVersion given to every object read from
+// a file, whatever the file says: a hash of the document. It changes
+// whenever the content does, which lets the compiler keep what it derived
+// from objects that did not change (policy.Cache); a resourceVersion
+// copied into a manifest would not.
+func contentVersion(js []byte) string {
+	sum := sha256.Sum256(js)
+	return "sha256-" + hex.EncodeToString(sum[:12])
 }
 
 func (d *decoder) addNamespace(p Problem, js []byte) {
@@ -162,15 +252,14 @@ func (d *decoder) addNamespace(p Problem, js []byte) {
 		d.problem(p)
 		return
 	}
+	ns.ResourceVersion = contentVersion(js)
 	p.Namespace = ""
 	if err := validateMeta(ns.ObjectMeta, false); err != nil {
 		p.Err = err
 		d.problem(p)
 		return
 	}
-	if d.claim(p) {
-		d.objs.Namespaces = append(d.objs.Namespaces, ns)
-	}
+	d.object(p, decoded{ns: &ns})
 }
 
 func (d *decoder) addPod(p Problem, js []byte) {
@@ -181,15 +270,14 @@ func (d *decoder) addPod(p Problem, js []byte) {
 		return
 	}
 	defaultNamespace(&pod.ObjectMeta)
+	pod.ResourceVersion = contentVersion(js)
 	p.Namespace = pod.Namespace
 	if err := validateMeta(pod.ObjectMeta, true); err != nil {
 		p.Err = err
 		d.problem(p)
 		return
 	}
-	if d.claim(p) {
-		d.objs.Pods = append(d.objs.Pods, pod)
-	}
+	d.object(p, decoded{pod: &pod})
 }
 
 // addPolicy adds a NetworkPolicy. One that cannot even be decoded is not
@@ -202,15 +290,14 @@ func (d *decoder) addPolicy(p Problem, js []byte) {
 	err := yaml.UnmarshalStrict(js, &np)
 	if err == nil {
 		defaultNamespace(&np.ObjectMeta)
+		np.ResourceVersion = contentVersion(js)
 		p.Namespace = np.Namespace
 		if err := validateMeta(np.ObjectMeta, true); err != nil {
 			p.Err = err
 			d.problem(p)
 			return
 		}
-		if d.claim(p) {
-			d.objs.Policies = append(d.objs.Policies, np)
-		}
+		d.object(p, decoded{policy: &np})
 		return
 	}
 	ns := p.Namespace
@@ -230,9 +317,8 @@ func (d *decoder) addPolicy(p Problem, js []byte) {
 	p.Namespace, p.Name = ns, name
 	p.Err = fmt.Errorf("invalid NetworkPolicy, enforced as isolating every pod of namespace %s in both directions: %w", ns, err)
 	d.problem(p)
-	if d.claim(p) {
-		d.objs.Policies = append(d.objs.Policies, isolateNamespace(ns, name))
-	}
+	iso := isolateNamespace(ns, name)
+	d.object(p, decoded{policy: &iso})
 }
 
 func isolateNamespace(namespace, name string) networkingv1.NetworkPolicy {

@@ -43,10 +43,22 @@ type Dir struct {
 	// that started after it was called.
 	readMu sync.Mutex
 
+	// decoded holds what each file decoded to at the last read, by name:
+	// a file whose bytes are unchanged is not decoded again. Only read
+	// (under readMu) touches it.
+	decoded map[string]cachedFile
+
 	mu      sync.Mutex
 	objs    Objects
 	readErr error
 	digest  [sha256.Size]byte
+}
+
+// cachedFile is one file's decoded documents and the hash of the bytes
+// they were decoded from.
+type cachedFile struct {
+	sum   [sha256.Size]byte
+	items []decoded
 }
 
 // DirOption configures a Dir.
@@ -155,7 +167,10 @@ func (d *Dir) Run(ctx context.Context) error {
 }
 
 // read reads every manifest, replaces the snapshot when anything changed
-// and signals Changes.
+// and signals Changes. Every file is read and hashed each time, but only
+// the files whose bytes changed are decoded again, and the objects are
+// merged (in file order, as if everything had been decoded anew) only when
+// some file changed.
 func (d *Dir) read() error {
 	d.readMu.Lock()
 	defer d.readMu.Unlock()
@@ -165,7 +180,13 @@ func (d *Dir) read() error {
 		d.setError(err)
 		return err
 	}
-	dec := newDecoder()
+	// parts are the files in order; an unreadable one is a problem alone.
+	type part struct {
+		items      []decoded
+		unreadable *Problem
+	}
+	parts := make([]part, 0, len(files))
+	cache := make(map[string]cachedFile, len(files))
 	h := sha256.New()
 	for _, name := range files {
 		data, err := os.ReadFile(filepath.Join(d.path, name))
@@ -175,25 +196,47 @@ func (d *Dir) read() error {
 		fmt.Fprintf(h, "%d:%s;%d:", len(name), name, len(data))
 		if err != nil {
 			fmt.Fprintf(h, "error %v;", err)
-			dec.problem(Problem{File: name, Err: fmt.Errorf("unreadable, skipped: %w", err)})
+			parts = append(parts, part{unreadable: &Problem{File: name, Err: fmt.Errorf("unreadable, skipped: %w", err)}})
 			continue
 		}
-		h.Write(data)
-		dec.addFile(name, data)
+		sum := sha256.Sum256(data)
+		h.Write(sum[:])
+		cf, ok := d.decoded[name]
+		if !ok || cf.sum != sum {
+			cf = cachedFile{sum: sum, items: decodeFile(name, data)}
+		}
+		cache[name] = cf
+		parts = append(parts, part{items: cf.items})
 	}
+	d.decoded = cache
 	var digest [sha256.Size]byte
 	copy(digest[:], h.Sum(nil))
 
 	d.mu.Lock()
 	hadError := d.readErr != nil
 	changed := !bytes.Equal(digest[:], d.digest[:])
+	d.mu.Unlock()
+	var objs Objects
+	if changed {
+		m := newMerger(countObjects(cache))
+		for _, p := range parts {
+			if p.unreadable != nil {
+				m.problem(*p.unreadable)
+			}
+			m.add(p.items)
+		}
+		objs = m.objs
+	}
+
+	d.mu.Lock()
 	d.readErr = nil
 	if changed {
-		d.objs, d.digest = dec.objs, digest
+		d.objs, d.digest = objs, digest
 	}
+	problems := d.objs.Problems
 	d.mu.Unlock()
 	if changed || hadError {
-		for _, p := range dec.objs.Problems {
+		for _, p := range problems {
 			d.log.Warn("invalid manifest", "dir", d.path, "problem", p.Error())
 		}
 		d.notify()

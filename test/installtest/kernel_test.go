@@ -158,7 +158,7 @@ func TestWriteConflistWithNodeRanges(t *testing.T) {
 	confBefore := tree(t, false, s.confDir, s.binDir)
 	podCIDRs := filepath.Join(node.Dir, "node-podcidrs.json")
 	r := run(t, node, s.args("--write-conflist", "--bridge", "pw0", "--service-cidr", "10.96.0.0/12",
-		"--ipam-data-dir", filepath.Join(node.Dir, "ipam"), "--node-cidrs-file", podCIDRs)...)
+		"--ipam-data-dir", filepath.Join(node.Dir, "ipam"), "--node-cidrs-file", podCIDRs, "--cni-version", "1.1.0")...)
 	if r.code != 0 {
 		t.Fatalf("install --write-conflist: %v", r)
 	}

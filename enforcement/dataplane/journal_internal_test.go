@@ -1,0 +1,90 @@
+package dataplane
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/podwall/podwall/enforcement/policy"
+)
+
+func TestJournalRecordsAndAccounts(t *testing.T) {
+	d := &Dataplane{stateDir: t.TempDir(), log: slog.New(slog.DiscardHandler)}
+	if err := d.journaled(opEnsure, "AAAA", func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.readJournal()
+	if err != nil || j.epoch == "" || j.last() != 2 {
+		t.Fatalf("journal %+v, %v", j, err)
+	}
+	epoch, seq := j.epoch, j.last()
+	if err := d.journaled(opRemove, "AAAA", func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.journaled(opEnsure, "BBBB", func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	j, _ = d.readJournal()
+	entries, ok := j.since(epoch, seq)
+	if !ok || len(entries) != 4 {
+		t.Fatalf("since: %+v, %v", entries, ok)
+	}
+	in, out := policyChains("AAAA")
+	st := &kernelState{chains: map[policy.Family]map[string]chainState{
+		policy.IPv4: {fromPodChain("AAAA"): {}, in: {n: 3, last: "fp"}, out: {n: 1}},
+		policy.IPv6: {},
+	}}
+	if !st.replay(entries) {
+		t.Fatal("replay refused a complete journal")
+	}
+	if _, ok := st.chains[policy.IPv4][in]; ok {
+		t.Error("removed pod's chain still remembered")
+	}
+	bIn, _ := policyChains("BBBB")
+	for _, f := range policy.Families() {
+		if c, ok := st.chains[f][bIn]; !ok || c.n != 1 {
+			t.Errorf("%s: ensured pod's policy chain %+v, %v", f, c, ok)
+		}
+		if _, ok := st.chains[f][fromPodChain("BBBB")]; !ok {
+			t.Errorf("%s: ensured pod's static chain not remembered", f)
+		}
+	}
+
+	// A writer that died between begin and done, another epoch, or an
+	// entry the journal no longer holds: the kernel must be read again.
+	if err := d.record(opEnsure, "CCCC", false); err != nil {
+		t.Fatal(err)
+	}
+	j, _ = d.readJournal()
+	entries, ok = j.since(epoch, seq)
+	if !ok || st.replay(entries) {
+		t.Error("replay accepted a change begun and not done")
+	}
+	if _, ok := j.since("other", seq); ok {
+		t.Error("since accepted another epoch")
+	}
+	if _, ok := j.since(epoch, 1000); ok {
+		t.Error("since accepted a sequence it does not hold")
+	}
+	for range journalKeep {
+		if err := d.record(opProbe, "-", true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j, _ = d.readJournal()
+	if _, ok := j.since(epoch, seq); ok || len(j.entries) != journalKeep {
+		t.Errorf("journal of %d entries still accounts for a trimmed one", len(j.entries))
+	}
+
+	// A garbled journal is started anew under another epoch.
+	if err := os.WriteFile(filepath.Join(d.stateDir, JournalFile), []byte("garbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.record(opProbe, "-", true); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := d.readJournal(); err != nil || j.epoch == epoch || j.last() != 1 {
+		t.Errorf("restarted journal %+v, %v", j, err)
+	}
+}

@@ -1,0 +1,136 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/podwall/podwall/enforcement/policy"
+)
+
+// DefaultMaxStateAge bounds how long Apply trusts its memory of the kernel
+// without reading the tables back, so that a chain or set changed by hand
+// (which the journal cannot know of) is repaired at the latest by the
+// first Apply after that long.
+const DefaultMaxStateAge = 30 * time.Second
+
+// kernelState is what Apply knows of podwall's chains and sets in the
+// kernel: read back whole, then kept up to date from what Apply writes and
+// what the journal says plugin invocations did.
+type kernelState struct {
+	epoch  string // of the journal, when this was last current
+	seq    uint64 // the journal's last entry accounted for
+	readAt time.Time
+	chains map[policy.Family]map[string]chainState // our chains only
+	sets   map[string]*kernelSet
+}
+
+// chainState is what Apply needs of a chain: whether it exists, its
+// fingerprint (last rule and length) and the sets its rules use.
+type chainState struct {
+	n    int
+	last string
+	sets []string
+}
+
+func (c chainState) hasFingerprint(fp string, rules int) bool {
+	return c.n == rules+1 && strings.Contains(c.last, fp)
+}
+
+// readState reads podwall's chains and sets back from the kernel.
+func (d *Dataplane) readState(ctx context.Context) (*kernelState, error) {
+	st := &kernelState{readAt: time.Now(), chains: map[policy.Family]map[string]chainState{}}
+	// The three reads are independent: side by side.
+	procs := map[policy.Family]*process{}
+	for _, f := range policy.Families() {
+		p, err := start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
+		if err != nil {
+			for _, started := range procs {
+				_, _ = started.wait()
+			}
+			return nil, fmt.Errorf("reading %s filter table: %w", f, err)
+		}
+		procs[f] = p
+	}
+	sets, setsErr := readSets(ctx)
+	var errs []error
+	for _, f := range policy.Families() {
+		out, err := procs[f].wait()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
+			continue
+		}
+		st.chains[f] = chainStates(parseSave(string(out)))
+	}
+	if err := errors.Join(append(errs, setsErr)...); err != nil {
+		return nil, err
+	}
+	st.sets = sets
+	return st, nil
+}
+
+func chainStates(t *table) map[string]chainState {
+	out := map[string]chainState{}
+	for _, name := range t.ourChains() {
+		rules := t.rules(name)
+		cs := chainState{n: len(rules)}
+		if len(rules) > 0 {
+			cs.last = rules[len(rules)-1]
+		}
+		for _, r := range rules {
+			for _, m := range matchSetRE.FindAllStringSubmatch(r, -1) {
+				cs.sets = append(cs.sets, m[1])
+			}
+		}
+		out[name] = cs
+	}
+	return out
+}
+
+// replay brings the state up to date with journal entries of plugin
+// invocations. Each change must appear as its begin entry directly
+// followed by its done entry (writers hold the lock from one to the
+// other); false when anything cannot be accounted for, such as a change
+// begun by a writer that died before it was done.
+func (st *kernelState) replay(entries []journalEntry) bool {
+	if len(entries)%2 != 0 {
+		return false
+	}
+	for i := 0; i < len(entries); i += 2 {
+		b, e := entries[i], entries[i+1]
+		if b.done || !e.done || b.op != e.op || b.key != e.key {
+			return false
+		}
+		if e.op == opProbe {
+			continue // the throwaway chain and set are gone again
+		}
+		if policy.ValidateChainKey(e.key) != nil {
+			return false
+		}
+		in, out := policyChains(e.key)
+		switch e.op {
+		case opEnsure:
+			for _, f := range policy.Families() {
+				c := st.chains[f]
+				c[fromPodChain(e.key)] = chainState{}
+				c[toPodChain(e.key)] = chainState{}
+				for _, name := range []string{in, out} {
+					if _, ok := c[name]; !ok {
+						c[name] = chainState{n: 1} // the plugin's default deny
+					}
+				}
+			}
+		case opRemove:
+			for _, f := range policy.Families() {
+				for _, name := range []string{fromPodChain(e.key), toPodChain(e.key), in, out} {
+					delete(st.chains[f], name)
+				}
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,107 @@
+// Package nodecidrs hands the Node's spec.podCIDRs to podwall-ipam: the
+// agent writes them to a file that the IPAM's "node" ranges read, and
+// raises it loudly when the block Kubernetes gave the node lies in a
+// network the node already routes elsewhere.
+package nodecidrs
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// DefaultPath is where the agent writes the file unless told otherwise
+// (podwall-agent --pod-cidrs-file).
+const DefaultPath = "/var/lib/podwall/node-podcidrs.json"
+
+// File is the file's content, for example
+// {"node":"node-1","podCIDRs":["10.244.0.0/24","fd00:10:244::/64"]}.
+type File struct {
+	Node     string   `json:"node"`
+	PodCIDRs []string `json:"podCIDRs"`
+}
+
+// Encode returns the file's bytes; PodCIDRs is never null.
+func (f File) Encode() []byte {
+	if f.PodCIDRs == nil {
+		f.PodCIDRs = []string{}
+	}
+	data, _ := json.Marshal(f) // a struct of strings always encodes
+	return append(data, '\n')
+}
+
+// Read reads a file written by WriteIfChanged.
+func Read(path string) (File, error) {
+	var f File
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return f, fmt.Errorf("node pod CIDRs file: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return f, fmt.Errorf("node pod CIDRs file %s: %w", path, err)
+	}
+	if f.Node == "" {
+		return f, fmt.Errorf("node pod CIDRs file %s: no node name", path)
+	}
+	return f, nil
+}
+
+// WriteIfChanged writes f to path unless the file already holds exactly
+// that, and reports whether it wrote. The write is atomic: a temporary
+// file in the same directory, synced, renamed over path, and the directory
+// synced, so that a reader sees the old content or the new one, whole.
+func WriteIfChanged(path string, f File) (bool, error) {
+	data := f.Encode()
+	old, err := os.ReadFile(path)
+	if err == nil && bytes.Equal(old, data) {
+		return false, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("reading %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return false, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o644); err != nil {
+		return false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return false, fmt.Errorf("syncing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, fmt.Errorf("replacing %s: %w", path, err)
+	}
+	committed = true
+	if d, err := os.Open(dir); err == nil {
+		syncErr := d.Sync()
+		d.Close()
+		if syncErr != nil {
+			return true, fmt.Errorf("syncing %s: %w", dir, syncErr)
+		}
+	}
+	return true, nil
+}
