@@ -3,7 +3,6 @@ package conformance_test
 import (
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,17 +15,12 @@ import (
 	"github.com/podwall/podwall/test/cyclonus"
 )
 
-const (
-	// probeWorkers probes run at once.
-	probeWorkers = 128
-	// quickWait is what a probe gets; a probe whose verdict differs from
-	// the matcher's is tried again with slowWait before it counts, so a
-	// loaded machine does not turn a slow allow into a deny.
-	quickWait = 200 * time.Millisecond
-	slowWait  = time.Second
-	// shownMismatches bounds the detail printed per step.
-	shownMismatches = 6
-)
+// probeTiming: 128 probes at once; a probe whose verdict differs from the
+// matcher's after 200 ms is tried again for a second before it counts.
+var probeTiming = cyclonus.ProbeTiming{Workers: 128, Quick: 200 * time.Millisecond, Slow: time.Second}
+
+// shownMismatches bounds the detail printed per step.
+const shownMismatches = 6
 
 // TestCyclonusRealPackets replays every test case of cyclonus' generator
 // (all of GenerateAllTestCases, whatever tags its CLI excludes by default)
@@ -87,13 +81,9 @@ func (t *tally) add(o tally) {
 
 // job is one real connection and the matcher's verdict on it.
 type job struct {
-	from, to    *livePod
-	target      cyclonus.Target
-	want        *matcher.AllowedResult
-	got         bool
-	err         error
-	retried     bool
-	quickResult bool
+	cyclonus.Probe
+	from, to *livePod
+	want     *matcher.AllowedResult
 }
 
 func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
@@ -133,17 +123,24 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 						ResolvedPortName: tg.PortName,
 						Protocol:         tg.Protocol,
 					})
-					jobs = append(jobs, &job{from: src, to: dst, target: tg, want: want})
+					jobs = append(jobs, &job{
+						Probe: cyclonus.Probe{From: src.pod, To: dst.ip, Target: tg, Want: want.IsAllowed()},
+						from:  src, to: dst, want: want,
+					})
 				}
 			}
 		}
-		runJobs(jobs)
+		probes := make([]*cyclonus.Probe, len(jobs))
+		for i, j := range jobs {
+			probes[i] = &j.Probe
+		}
+		probeTiming.Run(probes)
 		var mismatches []*job
 		for _, j := range jobs {
 			n.probes++
 			n.allowed += b2i(j.want.IsAllowed())
-			n.retried += b2i(j.retried)
-			if j.got != j.want.IsAllowed() {
+			n.retried += b2i(j.Retried)
+			if j.Got != j.Want {
 				mismatches = append(mismatches, j)
 			}
 		}
@@ -152,31 +149,6 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 		}
 	}
 	return n
-}
-
-// runJobs probes in parallel; a verdict that differs from the matcher's is
-// probed again with the longer wait.
-func runJobs(jobs []*job) {
-	work := make(chan *job)
-	var wg sync.WaitGroup
-	for range min(probeWorkers, len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				j.got, j.err = probe(j.from.pod, j.to.ip, j.target.Port, j.target.Protocol, quickWait)
-				if j.got != j.want.IsAllowed() {
-					j.retried, j.quickResult = true, j.got
-					j.got, j.err = probe(j.from.pod, j.to.ip, j.target.Port, j.target.Protocol, slowWait)
-				}
-			}
-		}()
-	}
-	for _, j := range jobs {
-		work <- j
-	}
-	close(work)
-	wg.Wait()
 }
 
 // report renders a step's mismatches: the case, each connection with the
@@ -196,12 +168,12 @@ func (e *env) report(tc *generator.TestCase, si int, c *cyclonus.Cluster, mismat
 			break
 		}
 		got := "denied"
-		if j.got {
+		if j.Got {
 			got = "ALLOWED"
 		}
 		fmt.Fprintf(&b, "  %s (%s) -> %s (%s) %s/%d (%s): matcher egress=%t ingress=%t => allowed=%t; packets: %s (%v)\n",
-			j.from.ref(), j.from.ip, j.to.ref(), j.to.ip, j.target.Protocol, j.target.Port, j.target.PortName,
-			j.want.Egress.IsAllowed(), j.want.Ingress.IsAllowed(), j.want.IsAllowed(), got, j.err)
+			j.from.ref(), j.from.ip, j.to.ref(), j.to.ip, j.Target.Protocol, j.Target.Port, j.Target.PortName,
+			j.want.Egress.IsAllowed(), j.want.Ingress.IsAllowed(), j.want.IsAllowed(), got, j.Err)
 		b.WriteString(e.chains(j.from, "F", "OUT"))
 		b.WriteString(e.chains(j.to, "T", "IN"))
 	}

@@ -2,10 +2,8 @@ package conformance_test
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -94,7 +92,7 @@ func newEnv(t *testing.T, mode policy.Mode) *env {
 	}
 	ipam, err := json.Marshal(map[string]any{
 		"type": "podwall-ipam", "dataDir": filepath.Join(node.Dir, "ipam"),
-		"ranges": []map[string]string{{"subnet": podSubnet.String()}}, "exclude": excludeAllBut(podSubnet, podAddrs),
+		"ranges": []map[string]string{{"subnet": podSubnet.String()}}, "exclude": cyclonus.ExcludeAllBut(podSubnet, podAddrs),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +183,7 @@ func (e *env) addPod(ctx context.Context, ns, name string) {
 	if err != nil || len(ips) == 0 {
 		e.t.Fatalf("ADD %s/%s: no address in the result (%v)", ns, name, err)
 	}
-	stop, err := serve(pod)
+	stop, err := cyclonus.Serve(pod)
 	if err != nil {
 		e.t.Fatalf("serving in %s/%s: %v", ns, name, err)
 	}
@@ -300,43 +298,4 @@ func (e *env) ipsets() string {
 		}
 	}
 	return b.String()
-}
-
-// excludeAllBut returns the prefixes covering subnet except keep.
-func excludeAllBut(subnet netip.Prefix, keep []string) []string {
-	u32 := func(a netip.Addr) uint32 { b := a.As4(); return binary.BigEndian.Uint32(b[:]) }
-	var kept []uint32
-	for _, s := range keep {
-		kept = append(kept, u32(netip.MustParseAddr(s)))
-	}
-	slices.Sort(kept)
-	first := u32(subnet.Masked().Addr())
-	last := first | (1<<(32-subnet.Bits()) - 1)
-	var out []string
-	cover := func(lo, hi uint32) {
-		for lo <= hi {
-			size := uint64(1) << min(bits.TrailingZeros32(lo), 32)
-			for uint64(lo)+size-1 > uint64(hi) {
-				size >>= 1
-			}
-			var b [4]byte
-			binary.BigEndian.PutUint32(b[:], lo)
-			out = append(out, netip.PrefixFrom(netip.AddrFrom4(b), 32-bits.TrailingZeros64(size)).String())
-			if uint64(lo)+size > uint64(hi) {
-				return
-			}
-			lo += uint32(size)
-		}
-	}
-	next := first
-	for _, k := range kept {
-		if k > next {
-			cover(next, k-1)
-		}
-		next = k + 1
-	}
-	if next <= last && next != 0 {
-		cover(next, last)
-	}
-	return out
 }

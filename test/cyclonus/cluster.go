@@ -87,6 +87,22 @@ func NewCluster() *Cluster {
 	return c
 }
 
+// Clone returns a deep copy: a test can keep the state it put in the API
+// server apart from the state a case moves on to.
+func (c *Cluster) Clone() *Cluster {
+	out := &Cluster{NamespaceLabels: map[string]map[string]string{}}
+	for ns, labels := range c.NamespaceLabels {
+		out.NamespaceLabels[ns] = maps.Clone(labels)
+	}
+	for _, p := range c.Pods {
+		out.Pods = append(out.Pods, &Pod{Namespace: p.Namespace, Name: p.Name, Labels: maps.Clone(p.Labels)})
+	}
+	for _, p := range c.Policies {
+		out.Policies = append(out.Policies, p.DeepCopy())
+	}
+	return out
+}
+
 // SortedNamespaces lists the namespaces in name order.
 func (c *Cluster) SortedNamespaces() []string {
 	return slices.Sorted(maps.Keys(c.NamespaceLabels))

@@ -1,4 +1,4 @@
-package conformance_test
+package cyclonus
 
 import (
 	"context"
@@ -12,15 +12,19 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/podwall/podwall/test/cyclonus"
-	"github.com/podwall/podwall/test/harness"
 )
 
-// serve opens the pod's servers: on ports 80 and 81, TCP accepts and
-// closes, UDP echoes. The sockets are created inside the pod and keep its
-// namespace. stop closes them and waits for their goroutines.
-func serve(pod *harness.Pod) (stop func(), err error) {
+// NetNS is a pod's network namespace, entered by the test itself (a
+// harness pod, or the namespace of a pod the kubelet created).
+type NetNS interface {
+	// Do runs fn on an OS thread locked into the namespace.
+	Do(fn func() error) error
+}
+
+// Serve opens a pod's servers: on Ports, TCP accepts and closes, UDP
+// echoes. The sockets are created inside the pod and keep its namespace.
+// stop closes them and waits for their goroutines.
+func Serve(pod NetNS) (stop func(), err error) {
 	var closers []io.Closer
 	var wg sync.WaitGroup
 	stop = func() {
@@ -30,7 +34,7 @@ func serve(pod *harness.Pod) (stop func(), err error) {
 		closers = nil
 		wg.Wait()
 	}
-	for _, port := range cyclonus.Ports {
+	for _, port := range Ports {
 		addr := net.JoinHostPort("", strconv.Itoa(int(port)))
 		var ln net.Listener
 		var pc net.PacketConn
@@ -80,10 +84,10 @@ func serve(pod *harness.Pod) (stop func(), err error) {
 
 var errNoReply = errors.New("no reply")
 
-// probe tries one connection from a pod and says whether it got through:
-// a TCP handshake completed, or a UDP datagram echoed, within timeout.
-// The error says why not.
-func probe(from *harness.Pod, to netip.Addr, port int, proto corev1.Protocol, timeout time.Duration) (bool, error) {
+// Connect tries one connection from a pod and says whether it got through:
+// a TCP handshake completed, or a UDP datagram echoed, within timeout. The
+// error says why not.
+func Connect(from NetNS, to netip.Addr, port int, proto corev1.Protocol, timeout time.Duration) (bool, error) {
 	addr := netip.AddrPortFrom(to, uint16(port)).String()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -129,4 +133,47 @@ func probe(from *harness.Pod, to netip.Addr, port int, proto corev1.Protocol, ti
 		return true, nil
 	}
 	return false, errors.New("unsupported protocol " + string(proto))
+}
+
+// Probe is one real connection and the matcher's verdict on it.
+type Probe struct {
+	From   NetNS
+	To     netip.Addr
+	Target Target
+	Want   bool // the matcher allows it
+
+	Got     bool  // it got through
+	Err     error // why not
+	Retried bool  // the quick verdict differed from Want
+}
+
+// ProbeTiming says how probes are run: Workers at once, each given Quick
+// and, when its verdict differs from the matcher's, tried again with Slow
+// before it counts, so that a loaded machine does not turn a slow allow
+// into a deny.
+type ProbeTiming struct {
+	Workers     int
+	Quick, Slow time.Duration
+}
+
+// Run tries every probe.
+func (pt ProbeTiming) Run(probes []*Probe) {
+	work := make(chan *Probe)
+	var wg sync.WaitGroup
+	for range min(pt.Workers, len(probes)) {
+		wg.Go(func() {
+			for p := range work {
+				p.Got, p.Err = Connect(p.From, p.To, p.Target.Port, p.Target.Protocol, pt.Quick)
+				if p.Got != p.Want {
+					p.Retried = true
+					p.Got, p.Err = Connect(p.From, p.To, p.Target.Port, p.Target.Protocol, pt.Slow)
+				}
+			}
+		})
+	}
+	for _, p := range probes {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
 }
