@@ -73,6 +73,7 @@ func commands() []*command {
 					"ranges and the exclusions. Fails if an active range overlaps. Ranges given as\n" +
 					"\"node\" are the podCIDRs in the config's nodeCIDRsFile (exit 1 without them).",
 			},
+			{name: "migrate", args: migrateArgs, summary: migrateSummary, run: (*app).ipamMigrate},
 		}},
 		installCommands(),
 	}
