@@ -57,7 +57,7 @@ func commands() []*command {
 				"Exit 1 when the agent is unreachable or answers that it is not ready (the\n" +
 				"DaemonSet's readiness probe).",
 		},
-		{name: "ipam", summary: "inspect podwall-ipam", sub: []*command{
+		{name: "ipam", summary: "inspect podwall-ipam and move pods off draining ranges", sub: []*command{
 			{
 				name: "list", args: "--data-dir DIR [--config FILE] [-o table|json]", run: (*app).ipamList,
 				summary: "list the addresses allocated by podwall-ipam with their state: active, draining,\n" +

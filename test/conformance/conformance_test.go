@@ -29,10 +29,13 @@ const shownMismatches = 6
 // rewrites. After the agent has caught up, every (source pod, destination
 // pod, port, protocol) of the step's probe is tried with a real TCP
 // handshake or UDP echo and compared with cyclonus' matcher, in kubernetes
-// mode and in deny mode (the matcher gets a deny-all Ingress+Egress policy
-// per namespace; the directory gets them in every other case only, so the
-// agent's own deny default is judged by the oracle as much as explicit
-// deny-all policies are).
+// mode and in deny mode. In deny mode the matcher gets a deny-all
+// Ingress+Egress policy per namespace, and the cases alternate: plain ones
+// write those deny-all policies into the directory too; "opened" ones
+// write none, and add allow-all policies in y and z for the agent and the
+// matcher alike (cyclonus.OpenPolicies), so that the agent's own deny
+// default meets the oracle with traffic that policies allow, not only
+// with everything denied.
 //
 // Left out, and counted in the summary: pod-to-itself (it goes over the
 // pod's loopback and never reaches a chain) and SCTP (this kernel has no
@@ -90,6 +93,11 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 	e.t = t
 	e.denyAllInDir = !e.denyAllInDir
 	c := cyclonus.NewCluster()
+	if e.deny && !e.denyAllInDir {
+		// Opened: y and z allow everything, so x's pods meet the agent's
+		// own default and the case's policies decide the rest.
+		c.Policies = cyclonus.OpenPolicies("y", "z")
+	}
 	for si, step := range tc.Steps {
 		n.steps++
 		for _, a := range step.Actions {

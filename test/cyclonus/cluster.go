@@ -202,6 +202,30 @@ func (c *Cluster) Apply(a *generator.Action) error {
 	return nil
 }
 
+// OpenPolicies allow all ingress and egress of every pod in the given
+// namespaces. In deny mode almost every cyclonus case denies everything,
+// which proves little; with these in the cluster (for the agent and the
+// matcher alike) the opened namespaces let the cases' policies and the
+// agent's own default decide what the others get.
+func OpenPolicies(namespaces ...string) []*networkingv1.NetworkPolicy {
+	var out []*networkingv1.NetworkPolicy
+	for _, ns := range namespaces {
+		out = append(out, &networkingv1.NetworkPolicy{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: OpenPolicy},
+			Spec: networkingv1.NetworkPolicySpec{
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+				Ingress:     []networkingv1.NetworkPolicyIngressRule{{}},
+				Egress:      []networkingv1.NetworkPolicyEgressRule{{}},
+			},
+		})
+	}
+	return out
+}
+
+// OpenPolicy names the policies of OpenPolicies.
+const OpenPolicy = "podwall-test-open"
+
 // DenyAll is the deny-all Ingress+Egress policy of one namespace that
 // stands for podwall's deny mode.
 func DenyAll(ns string) *networkingv1.NetworkPolicy {

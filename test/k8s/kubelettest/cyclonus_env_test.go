@@ -71,7 +71,7 @@ func (p *livePod) ref() string { return p.ns + "/" + p.name }
 type kubeletEnv struct {
 	t       *testing.T // the mode's test, which owns the node and the pods
 	deny    bool
-	opened  bool // the running case has openPolicies
+	opened  bool // the running case has cyclonus.OpenPolicies
 	client  kubernetes.Interface
 	node    *k8senv.KubeletNode
 	podwall *k8senv.Podwall

@@ -12,8 +12,6 @@ import (
 	"github.com/mattfenwick/cyclonus/pkg/generator"
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podwall/podwall/test/cyclonus"
@@ -57,7 +55,7 @@ const (
 // its destination's ingress allowed, so that all but 1 of the 230 cases
 // deny every connection there. The opened variant adds, in the API server
 // and for the matcher alike, an allow-all Ingress+Egress policy in
-// namespaces y and z (openPolicies): the agent's default then governs x,
+// namespaces y and z (cyclonus.OpenPolicies): the agent's default then governs x,
 // and x's policies meet open peers, so their rules decide what passes.
 //
 // Cases: every case with more than one step or with an action other than
@@ -138,7 +136,7 @@ func TestCyclonusOnKubelet(t *testing.T) {
 // caseRun is one case replayed in one variant.
 type caseRun struct {
 	index    int
-	opened   bool // with openPolicies
+	opened   bool // with cyclonus.OpenPolicies
 	changing bool // several steps, or an action other than creating a policy
 }
 
@@ -221,7 +219,7 @@ func (e *kubeletEnv) runCase(t *testing.T, tc *generator.TestCase, opened bool) 
 	}
 	base := cyclonus.NewCluster()
 	if opened {
-		base.Policies = openPolicies()
+		base.Policies = cyclonus.OpenPolicies("y", "z")
 	}
 	e.opened = opened
 	begin := time.Now()
@@ -395,23 +393,6 @@ func (e *kubeletEnv) ipsets() string {
 		}
 	}
 	return b.String()
-}
-
-// openPolicies allow all ingress and egress of every pod in namespaces y
-// and z, for deny mode's opened variant.
-func openPolicies() []*networkingv1.NetworkPolicy {
-	var out []*networkingv1.NetworkPolicy
-	for _, ns := range []string{"y", "z"} {
-		out = append(out, &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "podwall-test-open"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-				Ingress:     []networkingv1.NetworkPolicyIngressRule{{}},
-				Egress:      []networkingv1.NetworkPolicyEgressRule{{}},
-			},
-		})
-	}
-	return out
 }
 
 // nearestRank returns the p-th nearestRank (nearest rank) of ds.
