@@ -6,15 +6,14 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podwall/podwall/test/harness"
 )
 
 // PodNetNS is the network namespace of a pod the kubelet created, where the
@@ -124,54 +123,11 @@ func (p *PodNetNS) Do(fn func() error) error {
 // "namespace/name\n" until the test ends.
 func (p *PodNetNS) ServeTCP(t testing.TB, port int) {
 	t.Helper()
-	var listener net.Listener
-	err := p.Do(func() error {
-		var err error
-		listener, err = net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(port)))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listening on %d in pod %s/%s: %v", port, p.Namespace, p.Name, err)
-	}
-	greeting := []byte(p.Namespace + "/" + p.Name + "\n")
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			conn, err := listener.Accept()
-			if err != nil {
-				return // closed at cleanup
-			}
-			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			_, _ = conn.Write(greeting)
-			conn.Close()
-		}
-	})
-	t.Cleanup(func() {
-		listener.Close()
-		wg.Wait()
-	})
+	harness.ServeTCPIn(t, p, p.Namespace+"/"+p.Name, port)
 }
 
 // ConnectTCP connects from inside the pod to addr ("ip:port") and returns
 // the first line the peer sends; ctx bounds the whole exchange.
 func (p *PodNetNS) ConnectTCP(ctx context.Context, addr string) (string, error) {
-	var conn net.Conn
-	err := p.Do(func() error {
-		var dialer net.Dialer
-		var err error
-		conn, err = dialer.DialContext(ctx, "tcp", addr)
-		return err
-	})
-	if err != nil {
-		return "", fmt.Errorf("pod %s/%s connecting to %s: %w", p.Namespace, p.Name, addr, err)
-	}
-	defer conn.Close()
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(deadline)
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("pod %s/%s reading from %s: %w", p.Namespace, p.Name, addr, err)
-	}
-	return strings.TrimSuffix(line, "\n"), nil
+	return harness.ConnectTCPFrom(ctx, p, p.Namespace+"/"+p.Name, addr)
 }
