@@ -174,6 +174,22 @@ func (d *decoder) object(claim Problem, it decoded) {
 	d.out = append(d.out, it)
 }
 
+// decodeStrict decodes a document already turned into JSON, refusing
+// unknown fields and trailing data, as kubectl's strict decoding does. Not
+// sigs.k8s.io/yaml's UnmarshalStrict: it would parse the JSON as YAML once
+// more, which is most of the time of an agent's first read.
+func decodeStrict(js []byte, obj any) error {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(obj); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the object")
+	}
+	return nil
+}
+
 // addDocument decodes one YAML or JSON document.
 func (d *decoder) addDocument(file string, index int, doc []byte) {
 	js, err := yaml.YAMLToJSON(doc)
@@ -247,7 +263,7 @@ func contentVersion(js []byte) string {
 
 func (d *decoder) addNamespace(p Problem, js []byte) {
 	var ns corev1.Namespace
-	if err := yaml.UnmarshalStrict(js, &ns); err != nil {
+	if err := decodeStrict(js, &ns); err != nil {
 		p.Err = fmt.Errorf("invalid Namespace: %w", err)
 		d.problem(p)
 		return
@@ -264,7 +280,7 @@ func (d *decoder) addNamespace(p Problem, js []byte) {
 
 func (d *decoder) addPod(p Problem, js []byte) {
 	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(js, &pod); err != nil {
+	if err := decodeStrict(js, &pod); err != nil {
 		p.Err = fmt.Errorf("invalid Pod: %w", err)
 		d.problem(p)
 		return
@@ -287,7 +303,7 @@ func (d *decoder) addPod(p Problem, js []byte) {
 // compiler does with a policy whose podSelector it cannot parse.
 func (d *decoder) addPolicy(p Problem, js []byte) {
 	var np networkingv1.NetworkPolicy
-	err := yaml.UnmarshalStrict(js, &np)
+	err := decodeStrict(js, &np)
 	if err == nil {
 		defaultNamespace(&np.ObjectMeta)
 		np.ResourceVersion = contentVersion(js)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -182,9 +183,11 @@ func (d *Dir) read() error {
 	}
 	// parts are the files in order; an unreadable one is a problem alone.
 	type part struct {
+		name       string
 		items      []decoded
 		unreadable *Problem
 	}
+	var stale []staleFile
 	parts := make([]part, 0, len(files))
 	cache := make(map[string]cachedFile, len(files))
 	h := sha256.New()
@@ -201,12 +204,23 @@ func (d *Dir) read() error {
 		}
 		sum := sha256.Sum256(data)
 		h.Write(sum[:])
-		cf, ok := d.decoded[name]
-		if !ok || cf.sum != sum {
-			cf = cachedFile{sum: sum, items: decodeFile(name, data)}
+		if cf, ok := d.decoded[name]; ok && cf.sum == sum {
+			cache[name] = cf
+		} else {
+			stale = append(stale, staleFile{name: name, data: data, sum: sum})
 		}
-		cache[name] = cf
-		parts = append(parts, part{items: cf.items})
+		parts = append(parts, part{name: name})
+	}
+	// Decoding is most of a first read (an agent's start): files are
+	// decoded side by side, one per core.
+	decodeAll(stale)
+	for _, f := range stale {
+		cache[f.name] = cachedFile{sum: f.sum, items: f.items}
+	}
+	for i := range parts {
+		if parts[i].unreadable == nil {
+			parts[i].items = cache[parts[i].name].items
+		}
 	}
 	d.decoded = cache
 	var digest [sha256.Size]byte
@@ -242,6 +256,31 @@ func (d *Dir) read() error {
 		d.notify()
 	}
 	return nil
+}
+
+// staleFile is a file whose decoded documents are not in the cache.
+type staleFile struct {
+	name  string
+	data  []byte
+	sum   [sha256.Size]byte
+	items []decoded
+}
+
+func decodeAll(files []staleFile) {
+	work := make(chan *staleFile)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(files)) {
+		wg.Go(func() {
+			for f := range work {
+				f.items = decodeFile(f.name, f.data)
+			}
+		})
+	}
+	for i := range files {
+		work <- &files[i]
+	}
+	close(work)
+	wg.Wait()
 }
 
 func (d *Dir) setError(err error) {

@@ -135,7 +135,7 @@ metadata: {name: good, namespace: x}
 		`mixed.yaml: document 1 (Pod x/Bad_Name): metadata.name "Bad_Name"`,
 		`mixed.yaml: document 2 (Secret s): kind "Secret" is not one of`,
 		`mixed.yaml: document 3 (NetworkPolicy old): apiVersion "networking.k8s.io/v1beta1", want "networking.k8s.io/v1"`,
-		`mixed.yaml: document 4 (Pod x/typo): invalid Pod: error unmarshaling JSON: while decoding JSON: json: unknown field "containerz"`,
+		`mixed.yaml: document 4 (Pod x/typo): invalid Pod: json: unknown field "containerz"`,
 		`mixed.yaml: document 5 (NetworkPolicy ns-y/broken): invalid NetworkPolicy, enforced as isolating every pod of namespace ns-y`,
 		`mixed.yaml: document 6: not a Kubernetes object`,
 		`mixed.yaml: document 7 (Pod x/good): already defined in mixed.yaml`,

@@ -617,7 +617,10 @@ func iperf(p trafficPair, seconds int) (float64, error) {
 	var err error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		out, err = p.client.Run("iperf3", "--client", p.serverIP.String(), "--port", "5201", "--time", strconv.Itoa(seconds), "--json")
-		if err == nil || !strings.Contains(out+err.Error(), "Connection refused") {
+		// The server may not listen yet; iperf3 --json can say so in its
+		// output with a zero exit status.
+		refused := strings.Contains(out, "Connection refused") || (err != nil && strings.Contains(err.Error(), "Connection refused"))
+		if !refused {
 			break
 		}
 	}
@@ -625,7 +628,8 @@ func iperf(p trafficPair, seconds int) (float64, error) {
 		return 0, fmt.Errorf("iperf3: %v\n%s\nserver: %s", err, out, serverOut.String())
 	}
 	var res struct {
-		End struct {
+		Error string `json:"error"`
+		End   struct {
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
@@ -633,6 +637,11 @@ func iperf(p trafficPair, seconds int) (float64, error) {
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	// iperf3 reports some failures only inside its JSON, with no bytes
+	// received: a round like that measures nothing.
+	if res.Error != "" || res.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, fmt.Errorf("iperf3 measured nothing (error %q)\n%s\nserver: %s", res.Error, out, serverOut.String())
 	}
 	return res.End.SumReceived.BitsPerSecond / 1e9, nil
 }
