@@ -46,9 +46,13 @@ func TestEnsurePodIdempotent(t *testing.T) {
 	}
 	for _, want := range []string{
 		`-A FORWARD -m comment --comment "podwall: pod traffic" -j PODWALL-FORWARD`,
-		`-A PODWALL-F-AAAAAAAAAAAAAAAA ! -s 10.0.0.2/32 -m comment --comment "podwall: anti-spoofing x/a" -j DROP`,
-		`-A PODWALL-EGRESS -m physdev --physdev-in vetha -m comment --comment "podwall pod=x/a key=AAAAAAAAAAAAAAAA`,
-		`-A PODWALL-INGRESS -o vethb -m comment --comment "podwall pod=x/b key=BBBBBBBBBBBBBBBB`,
+		`-A PODWALL-F-AAAAAAAAAAAAAAAA -m physdev ! --physdev-in vetha -m comment --comment "podwall: anti-spoofing x/a: 10.0.0.2 only from vetha" -j DROP`,
+		`-A PODWALL-EGRESS -s 10.0.0.2/32 -m comment --comment "podwall pod=x/a key=AAAAAAAAAAAAAAAA`,
+		`-A PODWALL-ANTISPOOF -m physdev --physdev-in vetha -m comment --comment "podwall pod=x/a key=AAAAAAAAAAAAAAAA`,
+		`-A PODWALL-INGRESS -d 10.0.0.2/32 -m comment --comment "podwall pod=x/a key=AAAAAAAAAAAAAAAA`,
+		`-A PODWALL-T-AAAAAAAAAAAAAAAA -m physdev ! --physdev-out vetha --physdev-is-bridged -m comment --comment "podwall: 10.0.0.2 reaches x/a only through vetha" -j DROP`,
+		`-A PODWALL-ANTISPOOF -i vethb -m comment --comment "podwall pod=x/b key=BBBBBBBBBBBBBBBB`,
+		`-A PODWALL-MISADDRESSED -o vethb -m comment --comment "podwall pod=x/b key=BBBBBBBBBBBBBBBB`,
 		`-A PODWALL-F-BBBBBBBBBBBBBBBB -m comment --comment "podwall: x/b has no IPv6 address, drop all" -j DROP`,
 		`-A PODWALL-IN-AAAAAAAAAAAAAAAA -m comment --comment "podwall: default deny x/a" -j DROP`,
 	} {

@@ -16,6 +16,15 @@ const (
 	chainInput   = chainPrefix + "INPUT"
 	chainEgress  = chainPrefix + "EGRESS"
 	chainIngress = chainPrefix + "INGRESS"
+	// chainAntispoof holds, per pod, a drop of whatever arrives from the
+	// pod's interface without a local pod's source address: only traffic
+	// that no egress dispatch rule claimed is matched against it.
+	chainAntispoof = chainPrefix + "ANTISPOOF"
+	// chainMisaddressed holds, per pod, a drop of whatever leaves through
+	// the pod's interface without one of its addresses as destination:
+	// only traffic that no ingress dispatch rule claimed is matched
+	// against it.
+	chainMisaddressed = chainPrefix + "MISADDRESSED"
 
 	// markEgressPassed is set once a packet passed its source pod's egress
 	// policy; PODWALL-FORWARD accepts it when no local pod's ingress claims it.
@@ -38,20 +47,21 @@ var baseJumps = []struct {
 	{"INPUT", []string{"-m", "comment", "--comment", "podwall: pod traffic to the node", "-j", chainInput}},
 }
 
-// baseChains are created once and never flushed while they exist.
-func baseChains() []struct {
-	name  string
-	rules [][]string
-} {
-	return []struct {
-		name  string
-		rules [][]string
-	}{
+// baseChains are created once; PODWALL-FORWARD and PODWALL-INPUT hold no
+// pod rules and are rewritten whole when they differ from this, the others
+// only get what is missing. Established traffic is accepted before
+// anything else: it is most packets, and it should cost one rule.
+func baseChains(f policy.Family) []baseChain {
+	notClaimed := []string{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
+		"podwall: not claimed by the egress of a local pod; spoofed if from a pod interface", "-j", chainAntispoof}
+	chains := []baseChain{
 		{chainForward, [][]string{
-			{"-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "podwall: drop invalid", "-j", "DROP"},
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "podwall: established", "-j", "ACCEPT"},
+			{"-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "podwall: drop invalid", "-j", "DROP"},
 			{"-j", chainEgress},
+			notClaimed,
 			{"-j", chainIngress},
+			{"-j", chainMisaddressed},
 			{"-m", "mark", "--mark", markEgressPassed, "-m", "comment", "--comment", "podwall: egress allowed, destination not a local pod", "-j", "ACCEPT"},
 		}},
 		// Node -> pod is OUTPUT and never filtered (kubelet probes); pod ->
@@ -59,11 +69,31 @@ func baseChains() []struct {
 		{chainInput, [][]string{
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
 			{"-j", chainEgress},
+			notClaimed,
 		}},
 		{chainEgress, nil},
 		{chainIngress, nil},
+		{chainAntispoof, nil},
+		{chainMisaddressed, nil},
 	}
+	if f == policy.IPv6 {
+		// Neighbour discovery is link-local and comes from link-local or
+		// unspecified sources, which no dispatch rule names; without it
+		// IPv6 does not work at all.
+		chains[4].rules = neighbourDiscovery("", "RETURN")
+		chains[5].rules = neighbourDiscovery("", "ACCEPT")
+	}
+	return chains
 }
+
+type baseChain struct {
+	name  string
+	rules [][]string
+}
+
+// rewrittenWhole says whether a base chain holds only base rules, so that
+// it can be replaced when its content is not the current one.
+func rewrittenWhole(name string) bool { return name == chainForward || name == chainInput }
 
 // familyIPs returns the pod's addresses of one family.
 func familyIPs(p Pod, f policy.Family) []netip.Addr {
@@ -78,47 +108,62 @@ func familyIPs(p Pod, f policy.Family) []netip.Addr {
 
 func podRef(p Pod) string { return p.Namespace + "/" + p.Name }
 
-// fromPodMatch selects the pod's outgoing traffic by its host veth;
+// fromPodIface matches what arrives from the pod's host interface;
 // physdev-in also works for bridged frames that are then routed.
-func fromPodMatch(p Pod) []string {
-	if p.Layout == LayoutBridge {
-		return []string{"-m", "physdev", "--physdev-in", p.HostIface}
+func fromPodIface(p Pod, negate bool) []string {
+	not := []string{}
+	if negate {
+		not = []string{"!"}
 	}
-	return []string{"-i", p.HostIface}
+	if p.Layout == LayoutBridge {
+		return slices.Concat([]string{"-m", "physdev"}, not, []string{"--physdev-in", p.HostIface})
+	}
+	return slices.Concat(not, []string{"-i", p.HostIface})
 }
 
-// toPodMatches select traffic to the pod. On a bridge physdev names the
-// output port only for bridged frames; traffic routed into the bridge
-// (other nodes, the outside, hostPort DNAT) is matched by the pod's
-// address instead, or it would pass without meeting the pod's ingress.
-func toPodMatches(p Pod, f policy.Family) [][]string {
-	if p.Layout != LayoutBridge {
-		return [][]string{{"-o", p.HostIface}}
+// toPodIface matches what leaves through the pod's host interface. On a
+// bridge physdev names the output port of bridged frames only, so the
+// negated form is limited to them: traffic routed into the bridge (other
+// nodes, the outside, hostPort DNAT) reaches the pod by its address.
+func toPodIface(p Pod, negate bool) []string {
+	if p.Layout == LayoutBridge {
+		if negate {
+			return []string{"-m", "physdev", "--physdev-is-bridged", "!", "--physdev-out", p.HostIface}
+		}
+		return []string{"-m", "physdev", "--physdev-out", p.HostIface, "--physdev-is-bridged"}
 	}
-	out := [][]string{{"-m", "physdev", "--physdev-out", p.HostIface, "--physdev-is-bridged"}}
+	if negate {
+		return []string{"!", "-o", p.HostIface}
+	}
+	return []string{"-o", p.HostIface}
+}
+
+// dispatchRules are the pod's rules in the shared chains for one family,
+// by chain, in order. Dispatch is by address, which the kernel compares
+// natively, so a new connection costs little however many pods the node
+// has; the interface is checked only in the pod's own chains, and on
+// traffic no address claimed. All rules carry the same comment, which
+// names everything they are built from.
+func dispatchRules(p Pod, f policy.Family) map[string][][]string {
+	c := []string{"-m", "comment", "--comment", podComment(p)}
+	out := map[string][][]string{}
 	for _, a := range familyIPs(p, f) {
-		out = append(out, []string{"-d", hostPrefix(a)})
+		out[chainEgress] = append(out[chainEgress], slices.Concat([]string{"-s", hostPrefix(a)}, c, []string{"-j", fromPodChain(p.Key)}))
+		out[chainIngress] = append(out[chainIngress], slices.Concat([]string{"-d", hostPrefix(a)}, c, []string{"-j", toPodChain(p.Key)}))
 	}
+	out[chainAntispoof] = [][]string{slices.Concat(fromPodIface(p, false), c, []string{"-j", "DROP"})}
+	out[chainMisaddressed] = [][]string{slices.Concat(toPodIface(p, false), c, []string{"-j", "DROP"})}
 	return out
 }
 
-// dispatchRules are the pod's rules in PODWALL-EGRESS and PODWALL-INGRESS
-// for one family. All carry the same comment, which names everything they
-// are built from.
-func dispatchRules(p Pod, f policy.Family) (egress, ingress [][]string) {
-	c := []string{"-m", "comment", "--comment", podComment(p)}
-	egress = [][]string{slices.Concat(fromPodMatch(p), c, []string{"-j", fromPodChain(p.Key)})}
-	for _, m := range toPodMatches(p, f) {
-		ingress = append(ingress, slices.Concat(m, c, []string{"-j", toPodChain(p.Key)}))
-	}
-	return egress, ingress
-}
+// sharedChains are the chains that hold dispatch rules. Those that match
+// interfaces (physdev is costly) are separate from those that match
+// addresses, so that dispatch never scans them.
+var sharedChains = []string{chainEgress, chainAntispoof, chainIngress, chainMisaddressed}
 
-// neighbourDiscovery lets IPv6 router and neighbour discovery through the
-// pod's static chains, ahead of policy: without it IPv6 does not work at
-// all. In a from-pod chain it is matched twice: from link-local sources
-// before anti-spoofing (which would drop them), and from the pod's own
-// address after it. src may be empty.
+// neighbourDiscovery lets IPv6 router and neighbour discovery through,
+// ahead of policy and of the drops of undispatched pod traffic: without it
+// IPv6 does not work at all. src may be empty.
 func neighbourDiscovery(src, target string) [][]string {
 	var out [][]string
 	for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
@@ -133,7 +178,9 @@ func neighbourDiscovery(src, target string) [][]string {
 	return out
 }
 
-// fromPodRules is the static "from pod" chain of one family.
+// fromPodRules is the static "from pod" chain of one family. Traffic
+// reaches it by its source address; it must also come from the pod's
+// interface (anti-spoofing).
 func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
 	ips := familyIPs(p, f)
 	rules := [][]string{{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}}
@@ -145,10 +192,8 @@ func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
 	default:
 		return nil, fmt.Errorf("pod %s has %d %s addresses; one per family is supported", podRef(p), len(ips), f)
 	}
-	if f == policy.IPv6 {
-		rules = append(rules, neighbourDiscovery("fe80::/10", "RETURN")...)
-	}
-	rules = append(rules, []string{"!", "-s", hostPrefix(ips[0]), "-m", "comment", "--comment", "podwall: anti-spoofing " + podRef(p), "-j", "DROP"})
+	rules = append(rules, slices.Concat(fromPodIface(p, true), []string{"-m", "comment", "--comment",
+		fmt.Sprintf("podwall: anti-spoofing %s: %s only from %s", podRef(p), ips[0], p.HostIface), "-j", "DROP"}))
 	if f == policy.IPv6 {
 		rules = append(rules, neighbourDiscovery("", "RETURN")...)
 	}
@@ -159,15 +204,19 @@ func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
 	), nil
 }
 
-// toPodRules is the static "to pod" chain of one family.
+// toPodRules is the static "to pod" chain of one family. Traffic reaches
+// it by its destination address; bridged, it must also leave through the
+// pod's port.
 func toPodRules(p Pod, f policy.Family) [][]string {
-	if len(familyIPs(p, f)) == 0 {
+	ips := familyIPs(p, f)
+	if len(ips) == 0 {
 		return [][]string{{"-m", "comment", "--comment",
 			fmt.Sprintf("podwall: %s has no %s address, drop all", podRef(p), f), "-j", "DROP"}}
 	}
-	var rules [][]string
+	rules := [][]string{slices.Concat(toPodIface(p, true), []string{"-m", "comment", "--comment",
+		fmt.Sprintf("podwall: %s reaches %s only through %s", ips[0], podRef(p), p.HostIface), "-j", "DROP"})}
 	if f == policy.IPv6 {
-		rules = neighbourDiscovery("", "ACCEPT")
+		rules = append(rules, neighbourDiscovery("", "ACCEPT")...)
 	}
 	in, _ := policyChains(p.Key)
 	return append(rules, []string{"-j", in}, []string{"-j", "ACCEPT"})

@@ -65,7 +65,7 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 		toRules := toPodRules(p, f)
 		scripts[f] = func(t *table) (*script, error) {
 			s := &script{}
-			ensureBase(t, s)
+			ensureBase(t, s, f)
 			in, out := policyChains(p.Key)
 			s.declare(fromPodChain(p.Key))
 			s.declare(toPodChain(p.Key))
@@ -81,9 +81,10 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 			for _, r := range toRules {
 				s.rule("-A", toPodChain(p.Key), r)
 			}
-			egress, ingress := dispatchRules(p, f)
-			ensureDispatch(t, s, chainEgress, p, egress)
-			ensureDispatch(t, s, chainIngress, p, ingress)
+			dispatch := dispatchRules(p, f)
+			for _, chain := range sharedChains {
+				ensureDispatch(t, s, chain, p, dispatch[chain])
+			}
 			return s, nil
 		}
 	}
@@ -125,8 +126,10 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 
 // freshPodScript installs a pod that has no chains yet on a node whose
 // base chains and jumps are in place, and fails as a whole otherwise:
-// -C fails on a missing jump (and so a missing base chain), -N on an
-// existing chain, -A on a missing dispatch chain.
+// -C fails on a missing jump (and so a missing base chain) or an outdated
+// PODWALL-FORWARD, -N on an existing chain, -A on a missing dispatch
+// chain. It only adds, which the kernel commits several times faster
+// than anything that deletes.
 func freshPodScript(p Pod, f policy.Family) (*script, error) {
 	fromRules, err := fromPodRules(p, f)
 	if err != nil {
@@ -136,6 +139,9 @@ func freshPodScript(p Pod, f policy.Family) (*script, error) {
 	for _, j := range baseJumps {
 		s.rule("-C", j.builtin, j.args)
 	}
+	// The rule of the current layout that older ones lack.
+	forward := baseChains(f)[0]
+	s.rule("-C", forward.name, forward.rules[3])
 	in, out := policyChains(p.Key)
 	for _, c := range []string{fromPodChain(p.Key), toPodChain(p.Key), in, out} {
 		s.raw("-N " + c)
@@ -149,21 +155,22 @@ func freshPodScript(p Pod, f policy.Family) (*script, error) {
 	for _, r := range toPodRules(p, f) {
 		s.rule("-A", toPodChain(p.Key), r)
 	}
-	egress, ingress := dispatchRules(p, f)
-	for _, r := range egress {
-		s.rule("-A", chainEgress, r)
-	}
-	for _, r := range ingress {
-		s.rule("-A", chainIngress, r)
+	dispatch := dispatchRules(p, f)
+	for _, chain := range sharedChains {
+		for _, r := range dispatch[chain] {
+			s.rule("-A", chain, r)
+		}
 	}
 	return s, nil
 }
 
-// ensureBase adds what is missing of the base chains and jumps; existing
-// base chains are never declared, since declaring flushes.
-func ensureBase(t *table, s *script) {
-	for _, c := range baseChains() {
-		if t.has(c.name) {
+// ensureBase adds what is missing of the base chains and jumps. Chains
+// holding dispatch rules are never declared, since declaring flushes;
+// PODWALL-FORWARD and PODWALL-INPUT are replaced whole, in the same
+// transaction, when their rules are not the current ones.
+func ensureBase(t *table, s *script, f policy.Family) {
+	for _, c := range baseChains(f) {
+		if t.has(c.name) && (!rewrittenWhole(c.name) || sameRules(t.rules(c.name), c.rules)) {
 			continue
 		}
 		s.declare(c.name)
@@ -176,6 +183,23 @@ func ensureBase(t *table, s *script) {
 			s.rule("-I", j.builtin+" 1", j.args)
 		}
 	}
+}
+
+// sameRules compares saved rules with wanted ones by count and by the
+// jump targets and comments, which is what tells the layouts apart
+// (iptables-save respells matches).
+func sameRules(saved []string, want [][]string) bool {
+	if len(saved) != len(want) {
+		return false
+	}
+	for i, w := range want {
+		for j, a := range w {
+			if (a == "-j" || a == "--comment") && j+1 < len(w) && !strings.Contains(saved[i], w[j+1]) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func isJumpTo(chain string) func(string) bool {
@@ -237,7 +261,7 @@ func (d *Dataplane) RemovePod(ctx context.Context, key string) error {
 func removeScript(t *table, key string) *script {
 	s := &script{}
 	removed := map[string]bool{}
-	for _, chain := range []string{chainEgress, chainIngress} {
+	for _, chain := range sharedChains {
 		for _, r := range t.rules(chain) {
 			if ruleOfKey(r, key) {
 				s.delete(chain, r)
@@ -258,9 +282,9 @@ func removeScript(t *table, key string) *script {
 			remaining++
 		}
 	}
-	for _, chain := range []string{chainEgress, chainIngress} {
+	for _, chain := range sharedChains {
 		for _, r := range t.rules(chain) {
-			if !removed[chain+" "+r] {
+			if _, ok := parsePodComment(r); ok && !removed[chain+" "+r] {
 				remaining++
 			}
 		}
@@ -273,7 +297,7 @@ func removeScript(t *table, key string) *script {
 				}
 			}
 		}
-		for _, c := range baseChains() {
+		for _, c := range baseChains(policy.IPv4) {
 			if t.has(c.name) {
 				gone = append(gone, c.name)
 			}
@@ -290,7 +314,7 @@ func removeScript(t *table, key string) *script {
 
 func isBaseChain(name string) bool {
 	switch name {
-	case chainForward, chainInput, chainEgress, chainIngress:
+	case chainForward, chainInput, chainEgress, chainIngress, chainAntispoof, chainMisaddressed:
 		return true
 	}
 	return false
@@ -319,7 +343,7 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 			return err
 		}
 		in, out := policyChains(p.Key)
-		for _, c := range []string{chainForward, chainInput, chainEgress, chainIngress, fromPodChain(p.Key), toPodChain(p.Key), in, out} {
+		for _, c := range []string{chainForward, chainInput, chainEgress, chainAntispoof, chainIngress, chainMisaddressed, fromPodChain(p.Key), toPodChain(p.Key), in, out} {
 			if !t.has(c) {
 				problems = append(problems, fmt.Errorf("%s: chain %s missing", f, c))
 			}
@@ -331,14 +355,15 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 			chain string
 			args  []string
 		}
-		egress, ingress := dispatchRules(p, f)
 		var wants []want
-		for _, r := range egress {
-			wants = append(wants, want{chainEgress, r})
+		dispatch := dispatchRules(p, f)
+		for _, chain := range sharedChains {
+			for _, r := range dispatch[chain] {
+				wants = append(wants, want{chain, r})
+			}
 		}
-		for _, r := range ingress {
-			wants = append(wants, want{chainIngress, r})
-		}
+		forward := baseChains(f)[0]
+		wants = append(wants, want{forward.name, forward.rules[3]})
 		for _, j := range baseJumps {
 			wants = append(wants, want{j.builtin, j.args})
 		}
@@ -350,7 +375,11 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 		}
 		for _, w := range wants {
 			if err := d.iptables(ctx, f, append([]string{"-C", w.chain}, w.args...)...); err != nil {
-				problems = append(problems, fmt.Errorf("%s: rule missing in %s: %s", f, w.chain, quoteArgs(w.args)))
+				what := "rule"
+				if w.chain == chainAntispoof || strings.Contains(quoteArgs(w.args), "anti-spoofing") {
+					what = "anti-spoofing rule"
+				}
+				problems = append(problems, fmt.Errorf("%s: %s missing in %s: %s", f, what, w.chain, quoteArgs(w.args)))
 			}
 		}
 		if got, wantN := len(t.rules(fromPodChain(p.Key))), len(fromRules); got != wantN {
@@ -372,7 +401,7 @@ func (d *Dataplane) Pods(ctx context.Context) ([]Pod, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, chain := range []string{chainEgress, chainIngress} {
+		for _, chain := range sharedChains {
 			for _, r := range t.rules(chain) {
 				if p, ok := parsePodComment(r); ok {
 					if _, seen := byKey[p.Key]; !seen {

@@ -45,8 +45,10 @@ func TestConcurrentAddDel(t *testing.T) {
 		{"-A FORWARD -m comment --comment \"podwall: pod traffic\"", 2},
 		{"-A INPUT -m comment", 2},
 		{":PODWALL-FORWARD ", 2},
-		{"-A PODWALL-EGRESS -m physdev", 2 * n},
-		{"-A PODWALL-INGRESS -m physdev", 2 * n},
+		{"-A PODWALL-EGRESS -s ", n},
+		{"-A PODWALL-INGRESS -d ", n},
+		{"-A PODWALL-ANTISPOOF -m physdev", 2 * n},
+		{"-A PODWALL-MISADDRESSED -m physdev", 2 * n},
 	} {
 		if got := e.ourRulesWith(want.match); got != want.count {
 			t.Errorf("%d lines with %q, want %d:\n%s", got, want.match, want.count, strings.Join(e.ourRules(), "\n"))

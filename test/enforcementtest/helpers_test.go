@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 
 	"net"
 	"net/netip"
@@ -183,6 +184,29 @@ func (e *env) ourRules() []string {
 		}
 	}
 	return out
+}
+
+// deleteRulesMatching deletes the rules of chain whose iptables -S line
+// contains substr, and fails the test unless there is one.
+func (e *env) deleteRulesMatching(cmd, chain, substr string) {
+	e.t.Helper()
+	var numbers []int
+	n := 0
+	for _, line := range strings.Split(e.node.MustRun(e.t, cmd, "-w", "-S", chain), "\n") {
+		if !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		n++
+		if strings.Contains(line, substr) {
+			numbers = append(numbers, n)
+		}
+	}
+	if len(numbers) == 0 {
+		e.t.Fatalf("%s: no rule in %s contains %q", cmd, chain, substr)
+	}
+	for i := len(numbers) - 1; i >= 0; i-- {
+		e.node.MustRun(e.t, cmd, "-w", "-D", chain, strconv.Itoa(numbers[i]))
+	}
 }
 
 func (e *env) ourRulesWith(s string) int {

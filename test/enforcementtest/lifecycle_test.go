@@ -27,28 +27,34 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	target := addr(ipB, 8080)
 	reaches(t, a, target, "x/b")
 
-	spoofed := netip.MustParseAddr("100.64.50.200")
-	a.MustRun(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "eth0")
-	fromSpoofed := func() error {
-		return a.Do(func() error {
-			d := net.Dialer{Timeout: denyWait, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(spoofed, 0))}
-			c, err := d.Dial("tcp", target)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		})
+	// Two kinds of foreign source: an address no pod has, and the
+	// address of another pod on the node.
+	c, ipC := e.add("c")
+	for _, spoofed := range []netip.Addr{netip.MustParseAddr("100.64.50.200"), ipC} {
+		a.MustRun(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "eth0")
+		fromSpoofed := func() error {
+			return a.Do(func() error {
+				d := net.Dialer{Timeout: denyWait, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(spoofed, 0))}
+				conn, err := d.Dial("tcp", target)
+				if err == nil {
+					conn.Close()
+				}
+				return err
+			})
+		}
+		if err := fromSpoofed(); err == nil {
+			t.Errorf("connection from spoofed %s (pod is %s) got through", spoofed, ipA)
+		}
+		a.MustRun(t, "ip", "addr", "del", spoofed.String()+"/32", "dev", "eth0")
 	}
-	if err := fromSpoofed(); err == nil {
-		t.Errorf("connection from spoofed %s (pod is %s) got through", spoofed, ipA)
+	// The two rules that drop them: a's entry in PODWALL-ANTISPOOF (what
+	// no dispatch rule claimed) and the interface check in c's from-pod
+	// chain (what came to it by c's address).
+	e.deleteRulesMatching("iptables", "PODWALL-F-"+key(c), "anti-spoofing")
+	if err := e.nw.Check(ctxFor(t, time.Minute), c); err == nil || !strings.Contains(err.Error(), "anti-spoofing") {
+		t.Errorf("CHECK after removing the interface check: %v", err)
 	}
-	// Without the anti-spoofing rule the same connection works, so the
-	// drop above was that rule's.
-	e.node.MustRun(t, "iptables", "-w", "-D", "PODWALL-F-"+key(a), "!", "-s", ipA.String()+"/32",
-		"-m", "comment", "--comment", "podwall: anti-spoofing x/a", "-j", "DROP")
-	if err := fromSpoofed(); err != nil {
-		t.Errorf("control without anti-spoofing: %v", err)
-	}
+	e.deleteRulesMatching("iptables", "PODWALL-ANTISPOOF", " key="+key(a)+" ")
 	if err := e.nw.Check(ctxFor(t, time.Minute), a); err == nil || !strings.Contains(err.Error(), "anti-spoofing") {
 		t.Errorf("CHECK after removing anti-spoofing: %v", err)
 	}
@@ -69,7 +75,7 @@ func TestCheckDetectsTampering(t *testing.T) {
 	} else {
 		t.Logf("CHECK: %v", err)
 	}
-	e.node.MustRun(t, "ip6tables", "-w", "-D", "PODWALL-INGRESS", "1")
+	e.deleteRulesMatching("ip6tables", "PODWALL-MISADDRESSED", " key="+key(a)+" ")
 	e.node.MustRun(t, "ip6tables", "-w", "-F", "PODWALL-T-"+key(a))
 	e.node.MustRun(t, "ip6tables", "-w", "-X", "PODWALL-T-"+key(a))
 	if err := check(); err == nil || !strings.Contains(err.Error(), "PODWALL-T-") {
