@@ -15,7 +15,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/agentapi"
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // kernelTimeout bounds each invocation's iptables work, the wait for the
@@ -125,7 +125,7 @@ func (p *Plugin) cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	key := policy.ChainKey(c.Name, args.ContainerID, args.IfName)
+	key := ruleset.ChainKey(c.Name, args.ContainerID, args.IfName)
 	ctx, cancel := context.WithTimeout(context.Background(), kernelTimeout)
 	defer cancel()
 	if err := d.RemovePod(ctx, key); err != nil {
@@ -161,7 +161,7 @@ func (p *Plugin) cmdGC(args *skel.CmdArgs) error {
 	// shortened container ID (see dataplane).
 	keep := map[string]bool{}
 	for _, a := range valid {
-		keep[policy.ChainKey(c.Name, a.ContainerID, a.IfName)] = true
+		keep[ruleset.ChainKey(c.Name, a.ContainerID, a.IfName)] = true
 	}
 	d, err := p.dataplane(c)
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func code(err error) uint {
@@ -79,7 +79,7 @@ func TestPodFromResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	if p.HostIface != "veth1" || p.Layout != dataplane.LayoutBridge || p.Namespace != "x" || p.Name != "a" ||
-		len(p.IPs) != 2 || p.Key != policy.ChainKey("podnet", "cid1", "eth0") {
+		len(p.IPs) != 2 || p.Key != ruleset.ChainKey("podnet", "cid1", "eth0") {
 		t.Errorf("pod: %+v", p)
 	}
 	routed := func(name string) (bool, bool, error) { return name == "veth1", false, nil }

@@ -11,7 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // prevResult parses the result of the plugins before us, which ADD and
@@ -56,7 +56,7 @@ func hostLinkInfo(name string) (bool, bool, error) {
 func podFromResult(c *Config, args *skel.CmdArgs, res *current.Result, info linkInfo) (dataplane.Pod, error) {
 	ns, name := podIdentity(args.Args)
 	p := dataplane.Pod{
-		Key:         policy.ChainKey(c.Name, args.ContainerID, args.IfName),
+		Key:         ruleset.ChainKey(c.Name, args.ContainerID, args.IfName),
 		Network:     c.Name,
 		ContainerID: args.ContainerID,
 		IfName:      args.IfName,

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // backend is the xtables flavour the host uses: "nft" or "legacy".
@@ -28,9 +28,9 @@ func (b backend) other() backend {
 
 // tool names the binary of a family for this backend, e.g.
 // tool(IPv6, "save") = "ip6tables-nft-save".
-func (b backend) tool(f policy.Family, suffix string) string {
+func (b backend) tool(f ruleset.Family, suffix string) string {
 	base := "iptables"
-	if f == policy.IPv6 {
+	if f == ruleset.IPv6 {
 		base = "ip6tables"
 	}
 	name := base + "-" + string(b)
@@ -115,7 +115,7 @@ func iptablesIdentity() (string, error) {
 // filter rules: packets would be judged by both and our verdicts would not
 // be the final ones.
 func checkNotMixed(ctx context.Context, b backend) error {
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		name := b.other().tool(f, "save")
 		if _, err := lookPath(name); err != nil {
 			continue // the other backend is not even installed
@@ -140,9 +140,9 @@ func checkNotMixed(ctx context.Context, b backend) error {
 
 // legacyFilterExists reads the legacy tables of the calling thread's
 // namespace (/proc/self/net would show the main thread's).
-func legacyFilterExists(f policy.Family) bool {
+func legacyFilterExists(f ruleset.Family) bool {
 	path := "/proc/thread-self/net/ip_tables_names"
-	if f == policy.IPv6 {
+	if f == ruleset.IPv6 {
 		path = "/proc/thread-self/net/ip6_tables_names"
 	}
 	data, err := os.ReadFile(path)

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // LockFile is the name of the lock every writer of podwall's iptables
@@ -88,7 +88,7 @@ func (d *Dataplane) locked(ctx context.Context, fn func() error) error {
 }
 
 // save reads the filter table of one family.
-func (d *Dataplane) save(ctx context.Context, f policy.Family) (*table, error) {
+func (d *Dataplane) save(ctx context.Context, f ruleset.Family) (*table, error) {
 	out, err := run(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
 	if err != nil {
 		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
@@ -98,16 +98,16 @@ func (d *Dataplane) save(ctx context.Context, f policy.Family) (*table, error) {
 
 // restore applies a script atomically, leaving every chain it does not
 // declare as it is.
-func (d *Dataplane) restore(ctx context.Context, f policy.Family, s *script) error {
-	return d.restoreFamilies(ctx, map[policy.Family]*script{f: s})[f]
+func (d *Dataplane) restore(ctx context.Context, f ruleset.Family, s *script) error {
+	return d.restoreFamilies(ctx, map[ruleset.Family]*script{f: s})[f]
 }
 
 // restoreFamilies applies one script per family, the families side by
 // side (their tables are independent), and returns each family's error.
-func (d *Dataplane) restoreFamilies(ctx context.Context, scripts map[policy.Family]*script) map[policy.Family]error {
-	errs := map[policy.Family]error{}
-	procs := map[policy.Family]*process{}
-	for _, f := range policy.Families() {
+func (d *Dataplane) restoreFamilies(ctx context.Context, scripts map[ruleset.Family]*script) map[ruleset.Family]error {
+	errs := map[ruleset.Family]error{}
+	procs := map[ruleset.Family]*process{}
+	for _, f := range ruleset.Families() {
 		s := scripts[f]
 		if s == nil || s.empty() {
 			continue
@@ -128,8 +128,8 @@ func (d *Dataplane) restoreFamilies(ctx context.Context, scripts map[policy.Fami
 }
 
 // firstError returns the error of the first family that has one.
-func firstError(errs map[policy.Family]error) error {
-	for _, f := range policy.Families() {
+func firstError(errs map[ruleset.Family]error) error {
+	for _, f := range ruleset.Families() {
 		if errs[f] != nil {
 			return errs[f]
 		}
@@ -138,7 +138,7 @@ func firstError(errs map[policy.Family]error) error {
 }
 
 // iptables runs the family's iptables command with the xtables lock.
-func (d *Dataplane) iptables(ctx context.Context, f policy.Family, args ...string) error {
+func (d *Dataplane) iptables(ctx context.Context, f ruleset.Family, args ...string) error {
 	_, err := run(ctx, nil, d.backend.tool(f, ""), append([]string{"-w"}, args...)...)
 	return err
 }

@@ -6,11 +6,11 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 const (
-	chainPrefix = policy.Prefix
+	chainPrefix = ruleset.Prefix
 
 	chainForward = chainPrefix + "FORWARD"
 	chainInput   = chainPrefix + "INPUT"
@@ -51,7 +51,7 @@ var baseJumps = []struct {
 // pod rules and are rewritten whole when they differ from this, the others
 // only get what is missing. Established traffic is accepted before
 // anything else: it is most packets, and it should cost one rule.
-func baseChains(f policy.Family) []baseChain {
+func baseChains(f ruleset.Family) []baseChain {
 	notClaimed := []string{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
 		"podwall: not claimed by the egress of a local pod; spoofed if from a pod interface", "-j", chainAntispoof}
 	chains := []baseChain{
@@ -76,7 +76,7 @@ func baseChains(f policy.Family) []baseChain {
 		{chainAntispoof, nil},
 		{chainMisaddressed, nil},
 	}
-	if f == policy.IPv6 {
+	if f == ruleset.IPv6 {
 		// Neighbour discovery is link-local and comes from link-local or
 		// unspecified sources, which no dispatch rule names; without it
 		// IPv6 does not work at all.
@@ -96,10 +96,10 @@ type baseChain struct {
 func rewrittenWhole(name string) bool { return name == chainForward || name == chainInput }
 
 // familyIPs returns the pod's addresses of one family.
-func familyIPs(p Pod, f policy.Family) []netip.Addr {
+func familyIPs(p Pod, f ruleset.Family) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range p.IPs {
-		if a.Is4() == (f == policy.IPv4) {
+		if a.Is4() == (f == ruleset.IPv4) {
 			out = append(out, a)
 		}
 	}
@@ -144,7 +144,7 @@ func toPodIface(p Pod, negate bool) []string {
 // has; the interface is checked only in the pod's own chains, and on
 // traffic no address claimed. All rules carry the same comment, which
 // names everything they are built from.
-func dispatchRules(p Pod, f policy.Family) map[string][][]string {
+func dispatchRules(p Pod, f ruleset.Family) map[string][][]string {
 	c := []string{"-m", "comment", "--comment", podComment(p)}
 	out := map[string][][]string{}
 	for _, a := range familyIPs(p, f) {
@@ -181,7 +181,7 @@ func neighbourDiscovery(src, target string) [][]string {
 // fromPodRules is the static "from pod" chain of one family. Traffic
 // reaches it by its source address; it must also come from the pod's
 // interface (anti-spoofing).
-func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
+func fromPodRules(p Pod, f ruleset.Family) ([][]string, error) {
 	ips := familyIPs(p, f)
 	rules := [][]string{{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}}
 	switch len(ips) {
@@ -194,7 +194,7 @@ func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
 	}
 	rules = append(rules, slices.Concat(fromPodIface(p, true), []string{"-m", "comment", "--comment",
 		fmt.Sprintf("podwall: anti-spoofing %s: %s only from %s", podRef(p), ips[0], p.HostIface), "-j", "DROP"}))
-	if f == policy.IPv6 {
+	if f == ruleset.IPv6 {
 		rules = append(rules, neighbourDiscovery("", "RETURN")...)
 	}
 	_, out := policyChains(p.Key)
@@ -207,7 +207,7 @@ func fromPodRules(p Pod, f policy.Family) ([][]string, error) {
 // toPodRules is the static "to pod" chain of one family. Traffic reaches
 // it by its destination address; bridged, it must also leave through the
 // pod's port.
-func toPodRules(p Pod, f policy.Family) [][]string {
+func toPodRules(p Pod, f ruleset.Family) [][]string {
 	ips := familyIPs(p, f)
 	if len(ips) == 0 {
 		return [][]string{{"-m", "comment", "--comment",
@@ -215,7 +215,7 @@ func toPodRules(p Pod, f policy.Family) [][]string {
 	}
 	rules := [][]string{slices.Concat(toPodIface(p, true), []string{"-m", "comment", "--comment",
 		fmt.Sprintf("podwall: %s reaches %s only through %s", ips[0], podRef(p), p.HostIface), "-j", "DROP"})}
-	if f == policy.IPv6 {
+	if f == ruleset.IPv6 {
 		rules = append(rules, neighbourDiscovery("", "ACCEPT")...)
 	}
 	in, _ := policyChains(p.Key)
@@ -303,11 +303,11 @@ func parsePodComment(rule string) (Pod, bool) {
 			p.Layout = Layout(v)
 		}
 	}
-	return p, policy.ValidateChainKey(p.Key) == nil
+	return p, ruleset.ValidateChainKey(p.Key) == nil
 }
 
 func validatePod(p Pod) error {
-	if err := policy.ValidateChainKey(p.Key); err != nil {
+	if err := ruleset.ValidateChainKey(p.Key); err != nil {
 		return err
 	}
 	if p.HostIface == "" || strings.ContainsAny(p.HostIface, " \t\"") {

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // bridgeNetfilterSysctls make bridged frames traverse iptables; without
@@ -56,8 +56,8 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 			return err
 		}
 	}
-	scripts := map[policy.Family]func(*table) (*script, error){}
-	for _, f := range policy.Families() {
+	scripts := map[ruleset.Family]func(*table) (*script, error){}
+	for _, f := range ruleset.Families() {
 		fromRules, err := fromPodRules(p, f)
 		if err != nil {
 			return err
@@ -94,8 +94,8 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 			// read of the tables: one restore per family, which fails,
 			// changing nothing, unless the base chains are there and the
 			// pod's are not.
-			fresh := map[policy.Family]*script{}
-			for _, f := range policy.Families() {
+			fresh := map[ruleset.Family]*script{}
+			for _, f := range ruleset.Families() {
 				s, err := freshPodScript(p, f)
 				if err != nil {
 					return err
@@ -103,7 +103,7 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 				fresh[f] = s
 			}
 			freshErrs := d.restoreFamilies(ctx, fresh)
-			for _, f := range policy.Families() {
+			for _, f := range ruleset.Families() {
 				if freshErrs[f] == nil {
 					continue
 				}
@@ -130,7 +130,7 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 // PODWALL-FORWARD, -N on an existing chain, -A on a missing dispatch
 // chain. It only adds, which the kernel commits several times faster
 // than anything that deletes.
-func freshPodScript(p Pod, f policy.Family) (*script, error) {
+func freshPodScript(p Pod, f ruleset.Family) (*script, error) {
 	fromRules, err := fromPodRules(p, f)
 	if err != nil {
 		return nil, err
@@ -168,7 +168,7 @@ func freshPodScript(p Pod, f policy.Family) (*script, error) {
 // holding dispatch rules are never declared, since declaring flushes;
 // PODWALL-FORWARD and PODWALL-INPUT are replaced whole, in the same
 // transaction, when their rules are not the current ones.
-func ensureBase(t *table, s *script, f policy.Family) {
+func ensureBase(t *table, s *script, f ruleset.Family) {
 	for _, c := range baseChains(f) {
 		if t.has(c.name) && (!rewrittenWhole(c.name) || sameRules(t.rules(c.name), c.rules)) {
 			continue
@@ -239,12 +239,12 @@ func ruleOfKey(rule, key string) bool {
 // families. When no pod is left, the base chains and jumps go too, so a
 // node without pods holds nothing of podwall.
 func (d *Dataplane) RemovePod(ctx context.Context, key string) error {
-	if err := policy.ValidateChainKey(key); err != nil {
+	if err := ruleset.ValidateChainKey(key); err != nil {
 		return err
 	}
 	return d.locked(ctx, func() error {
 		return d.journaled(opRemove, key, func() error {
-			for _, f := range policy.Families() {
+			for _, f := range ruleset.Families() {
 				t, err := d.save(ctx, f)
 				if err != nil {
 					return err
@@ -297,7 +297,7 @@ func removeScript(t *table, key string) *script {
 				}
 			}
 		}
-		for _, c := range baseChains(policy.IPv4) {
+		for _, c := range baseChains(ruleset.IPv4) {
 			if t.has(c.name) {
 				gone = append(gone, c.name)
 			}
@@ -333,7 +333,7 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 		}
 	}
 	var problems []error
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		fromRules, err := fromPodRules(p, f)
 		if err != nil {
 			return err
@@ -396,7 +396,7 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 // their comments describe them, sorted by key.
 func (d *Dataplane) Pods(ctx context.Context) ([]Pod, error) {
 	byKey := map[string]Pod{}
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		t, err := d.save(ctx, f)
 		if err != nil {
 			return nil, err

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Probe answers whether podwall can enforce here: iptables, ip6tables and
@@ -28,7 +28,7 @@ func (d *Dataplane) Probe(ctx context.Context) error {
 
 func (d *Dataplane) probe(ctx context.Context, name string) error {
 	var errs []error
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		set := fmt.Sprintf("%sPROBE%s-%d", chainPrefix, f.String()[3:], os.Getpid())
 		if err := ipsetRestore(ctx, []string{fmt.Sprintf("create %s hash:ip family %s", set, string(f))}); err != nil {
 			errs = append(errs, err)
@@ -44,7 +44,7 @@ func (d *Dataplane) probe(ctx context.Context, name string) error {
 			{"-m", "set", "--match-set", set, "src", "-j", "RETURN"},
 			{"-m", "mark", "--mark", markEgressPassed, "-j", "MARK", "--set-xmark", markEgressPassed},
 		}
-		if f == policy.IPv6 {
+		if f == ruleset.IPv6 {
 			rules = append(rules, neighbourDiscovery("fe80::/10", "RETURN")...)
 		}
 		for _, r := range rules {

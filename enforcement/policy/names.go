@@ -1,14 +1,12 @@
 package policy
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
-	"fmt"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 const (
 	// Prefix starts every chain and set podwall owns, and nothing else.
-	Prefix = "PODWALL-"
+	Prefix = ruleset.Prefix
 
 	// TargetAllow is the target of a rule that lets a packet through a pod
 	// chain: back to the dispatcher, which goes on to the peer's chain.
@@ -16,58 +14,22 @@ const (
 	// TargetDeny is the target of a rule that refuses a packet.
 	TargetDeny = "DROP"
 
-	ingressChainPrefix = Prefix + "IN-"
-	egressChainPrefix  = Prefix + "OUT-"
-
-	// keyLen characters of base32 carry 80 bits of hash. With the longest
-	// chain prefix it makes 28 characters, the iptables maximum.
-	keyLen = 16
-
 	maxChainName = 28
 	maxSetName   = 31
 )
 
-var keyEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
-
-// ChainKey derives a chain key from the parts that identify an attachment.
-// The plugin calls it with (network name, container ID, interface name),
-// which it has at ADD, DEL, CHECK and GC alike; the same parts always give
-// the same key.
-func ChainKey(parts ...string) string {
-	return hashName(parts...)
-}
+// ChainKey derives a chain key from the parts that identify an attachment
+// (see ruleset.ChainKey).
+func ChainKey(parts ...string) string { return ruleset.ChainKey(parts...) }
 
 // ChainNames returns the ingress and egress chain names for a key.
-func ChainNames(key string) (ingress, egress string, err error) {
-	if err := ValidateChainKey(key); err != nil {
-		return "", "", err
-	}
-	return ingressChainPrefix + key, egressChainPrefix + key, nil
-}
+func ChainNames(key string) (ingress, egress string, err error) { return ruleset.ChainNames(key) }
 
-// ValidateChainKey checks that a key is 1 to 16 ASCII letters or digits, so
-// that both chain names are valid and at most 28 characters long.
-func ValidateChainKey(key string) error {
-	if len(key) == 0 || len(key) > keyLen {
-		return fmt.Errorf("chain key %q: want 1 to %d characters", key, keyLen)
-	}
-	for _, c := range key {
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
-			return fmt.Errorf("chain key %q: only letters and digits are allowed", key)
-		}
-	}
-	return nil
-}
+// ValidateChainKey checks that a key can name chains (see ruleset).
+func ValidateChainKey(key string) error { return ruleset.ValidateChainKey(key) }
 
-// hashName is a stable 16-character base32 digest of the parts. Parts are
-// length-prefixed so that ("ab","c") and ("a","bc") differ.
-func hashName(parts ...string) string {
-	h := sha256.New()
-	for _, p := range parts {
-		fmt.Fprintf(h, "%d:%s;", len(p), p)
-	}
-	return keyEncoding.EncodeToString(h.Sum(nil))[:keyLen]
-}
+// hashName is a stable 16-character digest of the parts.
+func hashName(parts ...string) string { return ruleset.Digest(parts...) }
 
 // setKind is the part of a set name that says what the set holds.
 type setKind string
