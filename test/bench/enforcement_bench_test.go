@@ -570,6 +570,12 @@ func benchTraffic(b *testing.B, s *scaleNode) {
 				if err != nil {
 					b.Fatalf("%s: %v", v.pair.label, err)
 				}
+				// Each run leaves tens of thousands of closed connections
+				// in the node's conntrack table for 10 s; they would slow
+				// whichever variant runs next on that node.
+				for _, n := range []*harness.Node{s.node, plain} {
+					n.MustRun(b, "conntrack", "-F")
+				}
 				c, err := connectionRate(v.pair, 2*time.Second)
 				if err != nil {
 					b.Fatalf("%s: %v", v.pair.label, err)
