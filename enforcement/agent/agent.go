@@ -62,6 +62,8 @@ type Agent struct {
 	lastGood   lastApply
 	// compileCache keeps what the compiler derived from unchanged objects.
 	compileCache *policy.Cache
+	// inputPods keeps the compiler's pods made from the last snapshot.
+	inputPods podsMemo
 
 	statusMu sync.Mutex
 	status   agentapi.Status
@@ -141,7 +143,10 @@ func (a *Agent) Attach(ctx context.Context, att agentapi.Attachment) error {
 	if err != nil {
 		return &RequestError{Err: fmt.Errorf("attachment: %w", err)}
 	}
+	// How long a pod's ADD waits for the agent.
+	start := time.Now()
 	_, err = a.submit(ctx, &request{kind: reqAttach, att: parsed})
+	a.log.Debug("attach answered", "key", att.Key, "took", time.Since(start), "err", err)
 	return err
 }
 
@@ -358,11 +363,12 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	case <-a.cfg.Source.Changes():
 	default:
 	}
+	inputStart := time.Now()
 	objs, srcErr := a.cfg.Source.Snapshot()
 	if errors.Is(srcErr, source.ErrNotSynced) {
 		return a.failed(srcErr, nil)
 	}
-	in, problems := buildInput(objs, a.reg, a.mode, a.cfg.Node)
+	in, problems := buildInput(objs, a.reg, a.mode, a.cfg.Node, &a.inputPods)
 	for _, p := range objs.Problems {
 		problems = append(problems, p.Error())
 	}
@@ -371,6 +377,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	in.Cache = a.compileCache
 	compileStart := time.Now()
+	inputTook := compileStart.Sub(inputStart)
 	desired, err := policy.Compile(in)
 	compileTook := time.Since(compileStart)
 	if err != nil {
@@ -394,7 +401,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.lastGood = lastApply{at: time.Now(), stats: desired.Stats()}
 	a.log.Debug("policy applied", "generation", a.generation, "pods", len(desired.Pods), "policies", len(objs.Policies),
 		"took", time.Since(start), "compileTook", compileTook, "chainsWritten", stats.ChainsWritten, "setsCreated", stats.SetsCreated,
-		"setsDestroyed", stats.SetsDestroyed, "unchanged", stats.Unchanged)
+		"setsDestroyed", stats.SetsDestroyed, "unchanged", stats.Unchanged, "inputTook", inputTook)
 	a.publish(len(objs.Policies), problems, "")
 	return nil
 }

@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Apply converges the policy chains (PODWALL-IN-*/OUT-*) and sets to
@@ -29,22 +30,29 @@ import (
 // it is never evaluated. A chain whose last rule carries the fingerprint of
 // the desired rules and whose length matches is unchanged. This does not
 // depend on how iptables-save respells rules, survives agent restarts (the
-// state is in the kernel), and a chain changed by hand is rewritten.
+// state is in the kernel), and a chain changed by hand is rewritten. A
+// chain the plugin has just created gets its rules and fingerprint inserted
+// ahead of the plugin's default deny, which stays last, never reached (see
+// writeChain); the fingerprint is then the rule before it.
 //
 // The kernel is not read back at every Apply: the Dataplane remembers what
 // it read and wrote, and the journal tells it what plugin invocations
 // changed since (see JournalFile). The tables and sets are read whole
 // again when the journal cannot account for every change, after any
 // failure, and once the memory is older than Config.MaxStateAge.
-func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplyStats, error) {
+func (d *Dataplane) Apply(ctx context.Context, desired *ruleset.Desired) (ApplyStats, error) {
 	var stats ApplyStats
 	if desired == nil {
 		return stats, fmt.Errorf("apply: no desired state")
 	}
 	d.stateMu.Lock()
 	defer d.stateMu.Unlock()
+	start := time.Now()
+	t := applyTimings{last: start}
 	err := d.locked(ctx, func() error {
+		t.mark(&t.lockWait)
 		st, err := d.currentState(ctx)
+		t.mark(&t.readState)
 		if err != nil {
 			return err
 		}
@@ -55,13 +63,12 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 		if err != nil {
 			return err
 		}
-		scripts := map[policy.Family]*script{}
-		written := map[policy.Family]map[string]policy.Chain{}
-		for _, f := range policy.Families() {
+		scripts := map[ruleset.Family]*script{}
+		written := map[ruleset.Family]map[string]chainState{}
+		for _, f := range ruleset.Families() {
 			scripts[f] = &script{}
-			written[f] = map[string]policy.Chain{}
+			written[f] = map[string]chainState{}
 		}
-		fingerprints := map[string]string{}
 		for _, c := range desired.Chains {
 			chains := st.chains[c.Family]
 			if chains == nil {
@@ -74,23 +81,22 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 			if _, ok := chains[fromPodChain(key)]; !ok {
 				continue // pod deleted, or not attached here (yet)
 			}
-			fp := fingerprint(c)
-			if current, ok := chains[c.Name]; ok && current.hasFingerprint(fp, len(c.Rules)) {
+			current, exists := chains[c.Name]
+			if exists && current.holds(c.Rules) {
 				continue
 			}
-			s := scripts[c.Family]
-			s.declare(c.Name) // creates, or flushes and refills in the same transaction
-			for _, r := range c.Rules {
-				s.rule("-A", c.Name, r)
+			fp := fingerprint(c)
+			if exists && current.hasFingerprint(fp, len(c.Rules)) {
+				current.rules = c.Rules
+				chains[c.Name] = current
+				continue
 			}
-			s.rule("-A", c.Name, []string{"-m", "comment", "--comment", fp})
-			written[c.Family][c.Name] = c
-			fingerprints[string(c.Family)+" "+c.Name] = fp
+			written[c.Family][c.Name] = writeChain(scripts[c.Family], c, fp, exists && current.onlyDefaultDeny())
 			stats.ChainsWritten++
 		}
 		// Sets still referenced by chains we leave alone must survive.
 		inUse := map[string]bool{}
-		for _, f := range policy.Families() {
+		for _, f := range ruleset.Families() {
 			for name, cs := range st.chains[f] {
 				if _, ok := written[f][name]; ok {
 					continue
@@ -110,13 +116,16 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 		}
 		slices.Sort(destroy)
 
+		t.mark(&t.plan)
 		if err := ipsetRestore(ctx, plan.script); err != nil {
 			return err
 		}
+		t.mark(&t.setsBefore)
 		stats.SetsCreated, stats.EntriesAdded, stats.EntriesDeleted = plan.created, plan.added, plan.dropd
 		if err := firstError(d.restoreFamilies(ctx, scripts)); err != nil {
 			return fmt.Errorf("writing policy chains: %w", err)
 		}
+		t.mark(&t.chains)
 		if err := ipsetRestore(ctx, plan.grow); err != nil {
 			return err
 		}
@@ -124,14 +133,22 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 			return err
 		}
 		stats.SetsDestroyed = len(destroy)
+		t.mark(&t.setsAfter)
 
 		// The kernel now holds what was written: remember it.
 		for f, chains := range written {
-			for name, c := range chains {
-				st.chains[f][name] = chainState{n: len(c.Rules) + 1, last: fingerprints[string(f)+" "+name], sets: setsOf(c.Rules)}
+			for name, cs := range chains {
+				st.chains[f][name] = cs
 			}
 		}
+		changed := make(map[string]bool, len(plan.changed))
+		for _, name := range plan.changed {
+			changed[name] = true
+		}
 		for _, ds := range desired.Sets {
+			if !changed[ds.Name] {
+				continue // the kernel's set, as remembered, is the desired one
+			}
 			ks := &kernelSet{typ: string(ds.Type), family: string(ds.Family), members: make(map[string]string, len(ds.Members))}
 			for _, m := range ds.Members {
 				ks.members[memberKey(m)] = m
@@ -148,7 +165,22 @@ func (d *Dataplane) Apply(ctx context.Context, desired *policy.Desired) (ApplySt
 		return ApplyStats{}, err
 	}
 	stats.Unchanged = stats == ApplyStats{}
+	d.log.Debug("apply timings", "lockWait", t.lockWait, "readState", t.readState, "plan", t.plan, "setsBefore", t.setsBefore,
+		"chains", t.chains, "setsAfter", t.setsAfter, "total", time.Since(start))
 	return stats, nil
+}
+
+// applyTimings say where an Apply spent its time (logged at debug level).
+type applyTimings struct {
+	last                                                     time.Time
+	lockWait, readState, plan, setsBefore, chains, setsAfter time.Duration
+}
+
+// mark sets *d to the time since the last mark.
+func (t *applyTimings) mark(d *time.Duration) {
+	now := time.Now()
+	*d = now.Sub(t.last)
+	t.last = now
 }
 
 // currentState returns what the kernel holds: the memory of the last
@@ -181,8 +213,55 @@ func (d *Dataplane) currentState(ctx context.Context) (*kernelState, error) {
 	return st, nil
 }
 
+// writeChain adds to s what makes the kernel's chain c.Name hold c's rules
+// and fingerprint, and returns the chain's state once s is committed.
+//
+// A chain the plugin just created holds its default deny alone. Flushing
+// it would make the commit delete a rule, which costs the kernel a wait
+// for an RCU grace period (~15 ms), on every pod's ADD path. Instead the
+// rules and the fingerprint are inserted ahead of the default deny, in the
+// same transaction, so the pod goes from deny-all to its policy at once.
+// The default deny then stays behind the chain's final unconditional
+// verdict, never reached; with no such verdict (not something Compile
+// writes) the chain is flushed and refilled as usual.
+func writeChain(s *script, c ruleset.Chain, fp string, freshDefaultDeny bool) chainState {
+	fpRule := []string{"-m", "comment", "--comment", fp}
+	cs := chainState{n: len(c.Rules) + 1, fp: fp, sets: setsOf(c.Rules), rules: c.Rules}
+	if freshDefaultDeny && len(c.Rules) > 0 && unconditionalVerdict(c.Rules[len(c.Rules)-1]) {
+		for i, r := range c.Rules {
+			s.rule("-I", c.Name+" "+strconv.Itoa(i+1), r)
+		}
+		s.rule("-I", c.Name+" "+strconv.Itoa(len(c.Rules)+1), fpRule)
+		cs.n++
+		cs.denyTail = true
+		return cs
+	}
+	s.declare(c.Name) // creates, or flushes and refills in the same transaction
+	for _, r := range c.Rules {
+		s.rule("-A", c.Name, r)
+	}
+	s.rule("-A", c.Name, fpRule)
+	return cs
+}
+
+// unconditionalVerdict reports a rule that ends the chain for every packet:
+// nothing but a comment, and a verdict.
+func unconditionalVerdict(r ruleset.Rule) bool {
+	if len(r) >= 4 && r[0] == "-m" && r[1] == "comment" && r[2] == "--comment" {
+		r = r[4:]
+	}
+	if len(r) != 2 || r[0] != "-j" {
+		return false
+	}
+	switch r[1] {
+	case "ACCEPT", "DROP", "RETURN":
+		return true
+	}
+	return false
+}
+
 // setsOf lists the sets that rules match on.
-func setsOf(rules []policy.Rule) []string {
+func setsOf(rules []ruleset.Rule) []string {
 	var out []string
 	for _, r := range rules {
 		for i, a := range r {
@@ -199,21 +278,27 @@ var matchSetRE = regexp.MustCompile(`--match-set (\S+) `)
 func policyChainKey(name string) (string, bool) {
 	for _, prefix := range []string{chainPrefix + "IN-", chainPrefix + "OUT-"} {
 		if key, ok := strings.CutPrefix(name, prefix); ok {
-			return key, policy.ValidateChainKey(key) == nil
+			return key, ruleset.ValidateChainKey(key) == nil
 		}
 	}
 	return "", false
 }
 
-// fingerprint identifies the desired content of a chain.
-func fingerprint(c policy.Chain) string {
+// fingerprint identifies the desired content of a chain: a hash of the
+// family, the name and each argument with its length.
+func fingerprint(c ruleset.Chain) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n", c.Family, c.Name)
+	buf := make([]byte, 0, 256)
+	buf = append(append(append(append(buf, c.Family.String()...), '\n'), c.Name...), '\n')
 	for _, r := range c.Rules {
 		for _, a := range r {
-			fmt.Fprintf(h, "%d:%s;", len(a), a)
+			buf = strconv.AppendInt(buf, int64(len(a)), 10)
+			buf = append(append(append(buf, ':'), a...), ';')
 		}
-		h.Write([]byte{'\n'})
+		buf = append(buf, '\n')
+		h.Write(buf)
+		buf = buf[:0]
 	}
-	return fmt.Sprintf("podwall: rules sha256=%s n=%d", hex.EncodeToString(h.Sum(nil))[:24], len(c.Rules))
+	h.Write(buf)
+	return "podwall: rules sha256=" + hex.EncodeToString(h.Sum(nil))[:24] + " n=" + strconv.Itoa(len(c.Rules))
 }

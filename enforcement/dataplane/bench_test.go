@@ -148,6 +148,41 @@ func BenchmarkDataplaneAtScale(b *testing.B) {
 			return nil
 		})
 	})
+	// A pod's ADD: the plugin installs its chains (not timed), then the
+	// agent's Apply writes its policy into them.
+	b.Run("ApplyAttach", func(b *testing.B) {
+		extra := s.local[0]
+		extra.Key, extra.Name, extra.ContainerID, extra.HostIface = "BENCHATTACH", "bench-attach", "bench-attach", "vethattach"
+		ref := policy.Ref{Namespace: extra.Namespace, Name: extra.Name}
+		s.in.ChainKeys[ref] = extra.Key
+		with := s.compile(b, 1)
+		delete(s.in.ChainKeys, ref)
+		s.do(b, func(ctx context.Context, d *dataplane.Dataplane) error {
+			if _, err := d.Apply(ctx, desired[0]); err != nil {
+				return err
+			}
+			for range b.N {
+				b.StopTimer()
+				if err := d.EnsurePod(ctx, extra); err != nil {
+					return err
+				}
+				b.StartTimer()
+				st, err := d.Apply(ctx, with)
+				if err != nil {
+					return err
+				}
+				if st.ChainsWritten != 4 {
+					return fmt.Errorf("attach wrote %+v, want the pod's 4 chains", st)
+				}
+				b.StopTimer()
+				if err := d.RemovePod(ctx, extra.Key); err != nil {
+					return err
+				}
+				b.StartTimer()
+			}
+			return nil
+		})
+	})
 	b.Run("EnsurePod", func(b *testing.B) {
 		extra := s.local[0]
 		extra.Key, extra.Name, extra.ContainerID, extra.HostIface = "BENCHEXTRA", "bench-extra", "bench-extra", "vethbench"

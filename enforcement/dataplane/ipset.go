@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // kernelSet is one of our sets as `ipset save` prints it.
@@ -62,7 +62,23 @@ type setPlan struct {
 	script                []string // before the rules: create and fill new sets, shrink existing ones
 	grow                  []string // after the rules: add to existing sets
 	destroy               []string // after the rules
+	changed               []string // sets created or changed
 	created, added, dropd int
+}
+
+// holdsExactly reports whether the set holds members and nothing else.
+// Compile lists each entry of a set once, so equal counts and every member
+// found means equal sets.
+func (ks *kernelSet) holdsExactly(members []string) bool {
+	if len(ks.members) != len(members) {
+		return false
+	}
+	for _, m := range members {
+		if km, ok := ks.members[memberKey(m)]; !ok || km != m {
+			return false
+		}
+	}
+	return true
 }
 
 // shrinks reports whether an ipset restore line can only make its set
@@ -75,7 +91,7 @@ func shrinks(op, member string) bool {
 
 // planSets diffs the desired sets against the kernel. Sets of the wrong
 // type are an error: a set's name is a hash that includes its kind.
-func planSets(desired []policy.IPSet, kernel map[string]*kernelSet) (*setPlan, error) {
+func planSets(desired []ruleset.IPSet, kernel map[string]*kernelSet) (*setPlan, error) {
 	p := &setPlan{}
 	want := map[string]bool{}
 	for _, ds := range desired {
@@ -88,7 +104,10 @@ func planSets(desired []policy.IPSet, kernel map[string]*kernelSet) (*setPlan, e
 			ks = &kernelSet{members: map[string]string{}}
 		} else if ks.typ != string(ds.Type) || ks.family != string(ds.Family) {
 			return nil, fmt.Errorf("ipset %s is %s family %s in the kernel, want %s family %s", ds.Name, ks.typ, ks.family, ds.Type, ds.Family)
+		} else if ks.holdsExactly(ds.Members) {
+			continue // the usual case, checked without building a map
 		}
+		p.changed = append(p.changed, ds.Name)
 		// A new set is used by no rule yet: it is filled whole, before
 		// the rules that will use it.
 		place := func(op, member, line string) {

@@ -32,7 +32,7 @@ func TestJournalRecordsAndAccounts(t *testing.T) {
 	}
 	in, out := policyChains("AAAA")
 	st := &kernelState{chains: map[policy.Family]map[string]chainState{
-		policy.IPv4: {fromPodChain("AAAA"): {}, in: {n: 3, last: "fp"}, out: {n: 1}},
+		policy.IPv4: {fromPodChain("AAAA"): {}, in: {n: 3, fp: "fp"}, out: {n: 1, denyTail: true}},
 		policy.IPv6: {},
 	}}
 	if !st.replay(entries) {
@@ -43,7 +43,7 @@ func TestJournalRecordsAndAccounts(t *testing.T) {
 	}
 	bIn, _ := policyChains("BBBB")
 	for _, f := range policy.Families() {
-		if c, ok := st.chains[f][bIn]; !ok || c.n != 1 {
+		if c, ok := st.chains[f][bIn]; !ok || !c.onlyDefaultDeny() {
 			t.Errorf("%s: ensured pod's policy chain %+v, %v", f, c, ok)
 		}
 		if _, ok := st.chains[f][fromPodChain("BBBB")]; !ok {

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // DefaultMaxStateAge bounds how long Apply trusts its memory of the kernel
@@ -23,28 +24,68 @@ type kernelState struct {
 	epoch  string // of the journal, when this was last current
 	seq    uint64 // the journal's last entry accounted for
 	readAt time.Time
-	chains map[policy.Family]map[string]chainState // our chains only
+	chains map[ruleset.Family]map[string]chainState // our chains only
 	sets   map[string]*kernelSet
 }
 
 // chainState is what Apply needs of a chain: whether it exists, its
-// fingerprint (last rule and length) and the sets its rules use.
+// length, the rule that carries its fingerprint and the sets its rules use.
+// A policy chain Apply wrote is its rules then the fingerprint; one it
+// wrote into the plugin's fresh chain (see Apply) keeps the plugin's
+// default deny after them, which is never reached.
 type chainState struct {
-	n    int
-	last string
-	sets []string
+	n int
+	// fp is the rule that carries the fingerprint when the chain is up to
+	// date: the last, or the one before a trailing default deny.
+	fp string
+	// denyTail: the last rule is the plugin's default deny.
+	denyTail bool
+	sets     []string
+	// rules, when known, are the rules the fingerprint was last found or
+	// written for. Comparing them costs less than hashing them again:
+	// unchanged rules of successive compilations share their strings.
+	rules []ruleset.Rule
+}
+
+// holds reports whether the chain is known to hold exactly rules.
+func (c chainState) holds(rules []ruleset.Rule) bool {
+	return c.rules != nil && slices.EqualFunc(c.rules, rules, slices.Equal)
 }
 
 func (c chainState) hasFingerprint(fp string, rules int) bool {
-	return c.n == rules+1 && strings.Contains(c.last, fp)
+	want := rules + 1
+	if c.denyTail {
+		want++
+	}
+	return c.n == want && strings.Contains(c.fp, fp)
+}
+
+// onlyDefaultDeny reports a policy chain as the plugin creates it: its
+// default deny alone.
+func (c chainState) onlyDefaultDeny() bool { return c.n == 1 && c.denyTail }
+
+// defaultDenyPrefix and defaultDenySuffix frame the plugin's default deny
+// rule (defaultDenyRule) as iptables-save prints it.
+const (
+	defaultDenyPrefix = `-m comment --comment "podwall: default deny `
+	defaultDenySuffix = `" -j DROP`
+)
+
+func isDefaultDeny(saved string) bool {
+	ref, ok := strings.CutPrefix(saved, defaultDenyPrefix)
+	if !ok {
+		return false
+	}
+	ref, ok = strings.CutSuffix(ref, defaultDenySuffix)
+	return ok && !strings.Contains(ref, `"`)
 }
 
 // readState reads podwall's chains and sets back from the kernel.
 func (d *Dataplane) readState(ctx context.Context) (*kernelState, error) {
-	st := &kernelState{readAt: time.Now(), chains: map[policy.Family]map[string]chainState{}}
+	st := &kernelState{readAt: time.Now(), chains: map[ruleset.Family]map[string]chainState{}}
 	// The three reads are independent: side by side.
-	procs := map[policy.Family]*process{}
-	for _, f := range policy.Families() {
+	procs := map[ruleset.Family]*process{}
+	for _, f := range ruleset.Families() {
 		p, err := start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
 		if err != nil {
 			for _, started := range procs {
@@ -56,7 +97,7 @@ func (d *Dataplane) readState(ctx context.Context) (*kernelState, error) {
 	}
 	sets, setsErr := readSets(ctx)
 	var errs []error
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		out, err := procs[f].wait()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
@@ -76,8 +117,13 @@ func chainStates(t *table) map[string]chainState {
 	for _, name := range t.ourChains() {
 		rules := t.rules(name)
 		cs := chainState{n: len(rules)}
-		if len(rules) > 0 {
-			cs.last = rules[len(rules)-1]
+		body := rules
+		if len(rules) > 0 && isDefaultDeny(rules[len(rules)-1]) {
+			cs.denyTail = true
+			body = rules[:len(rules)-1]
+		}
+		if len(body) > 0 {
+			cs.fp = body[len(body)-1]
 		}
 		for _, r := range rules {
 			for _, m := range matchSetRE.FindAllStringSubmatch(r, -1) {
@@ -106,24 +152,24 @@ func (st *kernelState) replay(entries []journalEntry) bool {
 		if e.op == opProbe {
 			continue // the throwaway chain and set are gone again
 		}
-		if policy.ValidateChainKey(e.key) != nil {
+		if ruleset.ValidateChainKey(e.key) != nil {
 			return false
 		}
 		in, out := policyChains(e.key)
 		switch e.op {
 		case opEnsure:
-			for _, f := range policy.Families() {
+			for _, f := range ruleset.Families() {
 				c := st.chains[f]
 				c[fromPodChain(e.key)] = chainState{}
 				c[toPodChain(e.key)] = chainState{}
 				for _, name := range []string{in, out} {
 					if _, ok := c[name]; !ok {
-						c[name] = chainState{n: 1} // the plugin's default deny
+						c[name] = chainState{n: 1, denyTail: true} // the plugin's default deny
 					}
 				}
 			}
 		case opRemove:
-			for _, f := range policy.Families() {
+			for _, f := range ruleset.Families() {
 				for _, name := range []string{fromPodChain(e.key), toPodChain(e.key), in, out} {
 					delete(st.chains[f], name)
 				}

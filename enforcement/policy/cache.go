@@ -20,12 +20,22 @@ import (
 // addresses are part of its key, since the agent replaces them with the
 // ones the plugin reported.
 //
+// It also keeps what was derived from all the objects together (see
+// clusterMemo), so that a compilation after a small change redoes only
+// what the change touches. Compilations through one Cache return Desired
+// values that share slices (rules, set members): treat them as read-only.
+//
 // Entries not used by the last compilation are dropped. A Cache is safe
 // for concurrent use, though compilations through it are serialised.
 type Cache struct {
 	mu       sync.Mutex
 	policies map[objectKey]*parsedPolicy
 	pods     map[podKey]*cachedPod
+	// cluster and policiesMemo are what the last compilation derived from
+	// all its pods and namespaces, and from all its policies; nil when
+	// they cannot be recognised (see clusterMemo).
+	cluster      *clusterMemo
+	policiesMemo *policiesMemo
 }
 
 // NewCache returns an empty cache.

@@ -13,9 +13,14 @@ import (
 	"github.com/podwall/podwall/enforcement/policy"
 )
 
-// versioned stamps every pod and policy with a resourceVersion derived from
-// its content, as the sources do (the API server, the policy dir's hash).
+// versioned stamps every object with a resourceVersion derived from its
+// content, as the sources do (the API server, the policy dir's hash).
 func versioned(in policy.Input) policy.Input {
+	in.Namespaces = append([]corev1.Namespace(nil), in.Namespaces...)
+	for i := range in.Namespaces {
+		ns := &in.Namespaces[i]
+		ns.ResourceVersion = shortHash(fmt.Sprintf("%v", ns.Labels))
+	}
 	in.Pods = append([]corev1.Pod(nil), in.Pods...)
 	for i := range in.Pods {
 		p := &in.Pods[i]

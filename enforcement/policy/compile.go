@@ -21,38 +21,52 @@ func Compile(in Input) (*Desired, error) {
 	if err != nil {
 		return nil, err
 	}
-	parse := parsePolicy
-	derive := newPodInfo
+	var c *compiler
+	var memo *policiesMemo
 	if in.Cache != nil {
 		in.Cache.mu.Lock()
 		defer in.Cache.mu.Unlock()
-		u := &usage{policies: map[objectKey]*parsedPolicy{}, pods: make(map[podKey]*cachedPod, len(in.Pods))}
-		parse = func(np *networkingv1.NetworkPolicy) *parsedPolicy { return in.Cache.parsed(u, np) }
-		derive = func(p *corev1.Pod) (*podInfo, []Problem) { return in.Cache.pod(u, p) }
-		defer func() { in.Cache.policies, in.Cache.pods = u.policies, u.pods }()
+		c, memo = in.Cache.memoCompiler(in, mode)
+	} else {
+		c = newCompiler(in, mode, parsePolicy, newPodInfo)
 	}
-	c := &compiler{
-		mode:     mode,
-		cluster:  newCluster(in.Namespaces, in.Pods, derive),
-		sets:     newSetRegistry(),
-		selCache: map[string][]*podInfo{},
-		byNS:     map[string][]*parsedPolicy{},
-	}
-	c.problems = append(c.problems, c.cluster.problems...)
-	c.parsePolicies(in, parse)
 
 	d := &Desired{}
 	attachments := c.attachments(in)
+	compiled := make(map[string]*compiledAttachment, len(attachments))
 	for _, att := range attachments {
-		lp, chains, err := c.compileAttachment(att)
-		if err != nil {
-			return nil, err
+		var ca *compiledAttachment
+		if memo != nil {
+			if prev := memo.attachments[att.memoKey()]; prev != nil && prev.holdsFor(c, att) {
+				ca = prev
+			}
 		}
-		d.Pods = append(d.Pods, lp...)
-		d.Chains = append(d.Chains, chains...)
+		if ca != nil {
+			for _, ps := range ca.sets {
+				if err := c.sets.adopt(ps); err != nil {
+					return nil, err
+				}
+			}
+			c.problems = append(c.problems, ca.problems...)
+		} else {
+			problems := len(c.problems)
+			c.sets.used = nil
+			lp, chains, err := c.compileAttachment(att)
+			if err != nil {
+				return nil, err
+			}
+			ca = &compiledAttachment{owners: ownersOf(c, att), pods: lp, chains: chains,
+				problems: append([]Problem(nil), c.problems[problems:]...), sets: c.sets.used}
+		}
+		compiled[att.memoKey()] = ca
+		d.Pods = append(d.Pods, ca.pods...)
+		d.Chains = append(d.Chains, ca.chains...)
+	}
+	if memo != nil {
+		memo.attachments = compiled
 	}
 	d.Pending = c.pending(in, attachments)
-	d.Sets = c.sets.finish()
+	d.Sets = c.sets.finish(c)
 	slices.SortFunc(d.Chains, func(a, b Chain) int {
 		return cmp.Or(cmp.Compare(a.Family, b.Family), cmp.Compare(a.Name, b.Name))
 	})
@@ -63,6 +77,22 @@ func Compile(in Input) (*Desired, error) {
 			cmp.Compare(a.Err.Error(), b.Err.Error()))
 	})
 	return d, nil
+}
+
+// newCompiler indexes the input's objects; parse and derive make a
+// policy's and a pod's derived form (directly, or through a Cache).
+func newCompiler(in Input, mode Mode, parse func(*networkingv1.NetworkPolicy) *parsedPolicy,
+	derive func(*corev1.Pod) (*podInfo, []Problem)) *compiler {
+	c := &compiler{
+		mode:     mode,
+		cluster:  newCluster(in.Namespaces, in.Pods, derive),
+		sets:     newSetRegistry(),
+		selCache: map[string][]*podInfo{},
+		byNS:     map[string][]*parsedPolicy{},
+	}
+	c.problems = append(c.problems, c.cluster.problems...)
+	c.parsePolicies(in, parse)
+	return c
 }
 
 type compiler struct {
@@ -142,7 +172,7 @@ func (c *compiler) pending(in Input, attachments []attachment) []Ref {
 	}
 	var out []Ref
 	for _, p := range c.cluster.pods {
-		if !keyed[p.ref] && p.node == in.Node {
+		if p.node == in.Node && !keyed[p.ref] {
 			out = append(out, p.ref)
 		}
 	}

@@ -13,38 +13,74 @@ import (
 // end, so a set is computed once however many rules use it.
 type setRegistry struct {
 	sets map[string]*pendingSet
+	// used lists the sets registered since it was last reset, so that a
+	// Cache can register them again for an attachment it does not compile
+	// again.
+	used []*pendingSet
+	// members, when set, keeps the members of sets computed by earlier
+	// compilations of the same cluster (see clusterMemo).
+	members map[string][]string
 }
 
 type pendingSet struct {
-	set     IPSet
-	key     string
-	members func() []string
+	set IPSet
+	key string
+	// members computes the set's members from the compiler's cluster; it
+	// captures nothing else that depends on the cluster, so that a set
+	// registered by an earlier compilation is filled from the current one.
+	members func(*compiler) []string
 }
 
 func newSetRegistry() *setRegistry { return &setRegistry{sets: map[string]*pendingSet{}} }
 
-func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment string, members func() []string) (string, error) {
+func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment string, members func(*compiler) []string) (string, error) {
 	name := setName(kind, f, key)
 	if s, ok := r.sets[name]; ok {
 		if s.key != key {
 			return "", fmt.Errorf("set name collision: %s stands for both %q and %q", name, s.key, key)
 		}
+		r.used = append(r.used, s)
 		return name, nil
 	}
-	r.sets[name] = &pendingSet{
+	s := &pendingSet{
 		set:     IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
 		key:     key,
 		members: members,
 	}
+	r.sets[name] = s
+	r.used = append(r.used, s)
 	return name, nil
 }
 
-func (r *setRegistry) finish() []IPSet {
+// adopt registers again a set that use made in an earlier compilation.
+func (r *setRegistry) adopt(s *pendingSet) error {
+	if cur, ok := r.sets[s.set.Name]; ok && cur.key != s.key {
+		return fmt.Errorf("set name collision: %s stands for both %q and %q", s.set.Name, cur.key, s.key)
+	}
+	r.sets[s.set.Name] = s
+	r.used = append(r.used, s)
+	return nil
+}
+
+func (r *setRegistry) finish(c *compiler) []IPSet {
 	out := make([]IPSet, 0, len(r.sets))
 	for _, s := range r.sets {
 		set := s.set
-		set.Members = s.members()
+		if m, ok := r.members[set.Name]; ok {
+			set.Members = m
+		} else {
+			set.Members = s.members(c)
+			if r.members != nil {
+				r.members[set.Name] = set.Members
+			}
+		}
 		out = append(out, set)
+	}
+	// Sets no rule uses any more are forgotten.
+	for name := range r.members {
+		if _, ok := r.sets[name]; !ok {
+			delete(r.members, name)
+		}
 	}
 	slices.SortFunc(out, func(a, b IPSet) int { return strings.Compare(a.Name, b.Name) })
 	return out
@@ -52,7 +88,7 @@ func (r *setRegistry) finish() []IPSet {
 
 // podSet names the hash:ip set of the pods a peer selects.
 func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
-	return c.sets.use(kindPods, f, SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func() []string {
+	return c.sets.use(kindPods, f, SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func(c *compiler) []string {
 		var addrs []netip.Addr
 		for _, p := range c.selected(pp) {
 			addrs = append(addrs, p.addrs(f)...)
@@ -72,7 +108,7 @@ func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
 // matching prefix, so an address inside an except does not match.
 func (c *compiler) cidrSet(b *ipBlock) (string, error) {
 	f := b.family()
-	return c.sets.use(kindCIDR, f, SetHashNet, b.key, b.desc, func() []string { return cidrMembers(b) })
+	return c.sets.use(kindCIDR, f, SetHashNet, b.key, b.desc, func(*compiler) []string { return cidrMembers(b) })
 }
 
 func cidrMembers(b *ipBlock) []string {
@@ -138,7 +174,7 @@ func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f Family
 	}
 	key += "|port:" + proto + "/" + port.name
 	desc += " serving " + port.name + " (" + proto + ", " + f.String() + ")"
-	return c.sets.use(kindPodPort, f, SetHashIPPort, key, desc, func() []string {
+	return c.sets.use(kindPodPort, f, SetHashIPPort, key, desc, func(c *compiler) []string {
 		var pods []*podInfo
 		if b != nil {
 			pods = c.allPeerPods()

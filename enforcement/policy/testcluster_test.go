@@ -143,8 +143,8 @@ func compileNode(t testing.TB, c *testCluster, mode policy.Mode, node string) (*
 }
 
 // checkInvariants checks what must hold for any Desired: names within
-// limits and under the one prefix, and chains that end in an unconditional
-// verdict so nothing falls through.
+// limits and under the one prefix, chains that end in an unconditional
+// verdict so nothing falls through, and sets that list each entry once.
 func checkInvariants(t testing.TB, d *policy.Desired) {
 	t.Helper()
 	for _, ch := range d.Chains {
@@ -175,6 +175,15 @@ func checkInvariants(t testing.TB, d *policy.Desired) {
 		}
 		if !used[s.Name] {
 			t.Errorf("set %s (%s) is not used by any rule", s.Name, s.Comment)
+		}
+		// The dataplane relies on it when it compares sets.
+		addrs := map[string]bool{}
+		for _, m := range s.Members {
+			addr, _, _ := strings.Cut(m, " ")
+			if addrs[addr] {
+				t.Errorf("set %s (%s) lists %s twice", s.Name, s.Comment, addr)
+			}
+			addrs[addr] = true
 		}
 	}
 }
