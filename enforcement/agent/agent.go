@@ -33,6 +33,9 @@ type Config struct {
 	// KernelRefresh is how often the attachments are read back from the
 	// kernel, to catch reports the agent missed. Zero means 30s.
 	KernelRefresh time.Duration
+	// BaseCheck is how often the jumps into podwall's chains are checked
+	// (and restored: without them no pod is enforced). Zero means 5s.
+	BaseCheck time.Duration
 	// ApplyTimeout bounds one Apply. Zero means 1 minute.
 	ApplyTimeout time.Duration
 }
@@ -117,6 +120,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.KernelRefresh <= 0 {
 		cfg.KernelRefresh = 30 * time.Second
+	}
+	if cfg.BaseCheck <= 0 {
+		cfg.BaseCheck = 5 * time.Second
 	}
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = time.Minute
@@ -231,6 +237,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	retry.Stop()
 	refresh := time.NewTicker(a.cfg.KernelRefresh)
 	defer refresh.Stop()
+	baseCheck := time.NewTicker(a.cfg.BaseCheck)
+	defer baseCheck.Stop()
 	defer a.stop()
 
 	for {
@@ -275,6 +283,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			dirty = true
 		case <-retry.C:
 			retryPending = false
+		case <-baseCheck.C:
+			if a.adopted {
+				a.ensureBase(ctx)
+			}
 		case <-refresh.C:
 			if a.adopted {
 				if err := a.refreshFromKernel(ctx); err != nil {
@@ -315,6 +327,18 @@ func (a *Agent) handle(ctx context.Context, r *request) {
 	case reqSync:
 		// Sync read the source before queueing: the apply that follows
 		// sees everything it found.
+	}
+}
+
+// ensureBase checks the jumps into podwall's chains, which nothing else
+// watches between ADDs: pods are not enforced while one is missing.
+func (a *Agent) ensureBase(ctx context.Context) {
+	restored, err := a.cfg.Dataplane.EnsureBase(ctx)
+	switch {
+	case err != nil:
+		a.log.Error("checking the jumps into podwall's chains failed; pods may not be enforced", "err", err)
+	case restored != "":
+		a.log.Error("jumps into podwall's chains were missing, so pods were not enforced; restored", "restored", restored)
 	}
 }
 

@@ -18,4 +18,7 @@ type Dataplane interface {
 	// Apply converges the policy chains and sets to desired, touching only
 	// what differs.
 	Apply(ctx context.Context, desired *policy.Desired) (dataplane.ApplyStats, error)
+	// EnsureBase restores the jumps into podwall's chains where pods have
+	// chains, and says what it restored.
+	EnsureBase(ctx context.Context) (string, error)
 }

@@ -33,6 +33,8 @@ func newFakeDataplane(pods ...dataplane.Pod) *fakeDataplane {
 	return &fakeDataplane{pods: pods, applied: make(chan *policy.Desired, 1000)}
 }
 
+func (f *fakeDataplane) EnsureBase(context.Context) (string, error) { return "", nil }
+
 func (f *fakeDataplane) Probe(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -16,7 +16,7 @@ import (
 // what it last read or wrote of the kernel in memory; reading the journal
 // (a small file) tells it whether anyone else wrote since, and what, so
 // that an Apply need not read whole tables back. It is written only under
-// the state lock, replaced atomically (rename), and records each change
+// the state lock, appended to (or replaced atomically), and records each change
 // before it is made and again once it is done: a writer that died in
 // between leaves a change that is begun and not done, which makes the
 // agent read the kernel again. Anything it cannot account for has the same
@@ -72,6 +72,9 @@ func (d *Dataplane) readJournal() (*journal, error) {
 }
 
 func parseJournal(s string) (*journal, error) {
+	if !strings.HasSuffix(s, "\n") {
+		return nil, errors.New("journal: last line torn (no newline)")
+	}
 	j := &journal{}
 	for i, line := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
 		f := strings.Fields(line)
@@ -105,7 +108,9 @@ func parseJournal(s string) (*journal, error) {
 
 // record appends an entry, holding the state lock. A journal that cannot
 // be read is started anew with a new epoch, which every agent's memory
-// disowns.
+// disowns. Entries are appended in place (a line is one small write, and
+// a torn last line makes the journal unreadable, hence new); the file is
+// rewritten only to start it or to drop old entries.
 func (d *Dataplane) record(op, key string, done bool) error {
 	j, err := d.readJournal()
 	if err != nil || j.epoch == "" {
@@ -115,22 +120,45 @@ func (d *Dataplane) record(op, key string, done bool) error {
 		}
 		j = &journal{epoch: hex.EncodeToString(b[:])}
 	}
-	j.entries = append(j.entries, journalEntry{seq: j.last() + 1, op: op, key: key, done: done})
+	e := journalEntry{seq: j.last() + 1, op: op, key: key, done: done}
+	if len(j.entries) > 0 && len(j.entries) < 2*journalKeep {
+		return d.appendJournal(e)
+	}
+	j.entries = append(j.entries, e)
 	if len(j.entries) > journalKeep {
 		j.entries = j.entries[len(j.entries)-journalKeep:]
 	}
 	return d.writeJournal(j)
 }
 
+func (e journalEntry) line() string {
+	state := "begin"
+	if e.done {
+		state = "done"
+	}
+	return fmt.Sprintf("%d %s %s %s\n", e.seq, state, e.op, e.key)
+}
+
+func (d *Dataplane) appendJournal(e journalEntry) error {
+	f, err := os.OpenFile(d.journalPath(), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("appending to journal: %w", err)
+	}
+	_, werr := f.WriteString(e.line())
+	if err := f.Close(); werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		return fmt.Errorf("appending to journal: %w", werr)
+	}
+	return nil
+}
+
 func (d *Dataplane) writeJournal(j *journal) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "epoch %s\n", j.epoch)
 	for _, e := range j.entries {
-		state := "begin"
-		if e.done {
-			state = "done"
-		}
-		fmt.Fprintf(&b, "%d %s %s %s\n", e.seq, state, e.op, e.key)
+		b.WriteString(e.line())
 	}
 	tmp := d.journalPath() + ".tmp"
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {

@@ -125,23 +125,18 @@ func (d *Dataplane) EnsurePod(ctx context.Context, p Pod) error {
 }
 
 // freshPodScript installs a pod that has no chains yet on a node whose
-// base chains and jumps are in place, and fails as a whole otherwise:
-// -C fails on a missing jump (and so a missing base chain) or an outdated
-// PODWALL-FORWARD, -N on an existing chain, -A on a missing dispatch
-// chain. It only adds, which the kernel commits several times faster
-// than anything that deletes.
+// base chains are in place, and fails as a whole otherwise: -N on an
+// existing chain, -A on a missing base chain. It only adds, which the
+// kernel commits several times faster than anything that deletes, and
+// checks no rule (-C), which would make iptables read the whole table;
+// the jumps into the base chains are checked by CHECK and by the agent
+// (EnsureBase), and restored by the ADD that finds the base chains gone.
 func freshPodScript(p Pod, f ruleset.Family) (*script, error) {
 	fromRules, err := fromPodRules(p, f)
 	if err != nil {
 		return nil, err
 	}
 	s := &script{}
-	for _, j := range baseJumps {
-		s.rule("-C", j.builtin, j.args)
-	}
-	// The rule of the current layout that older ones lack.
-	forward := baseChains(f)[0]
-	s.rule("-C", forward.name, forward.rules[3])
 	in, out := policyChains(p.Key)
 	for _, c := range []string{fromPodChain(p.Key), toPodChain(p.Key), in, out} {
 		s.raw("-N " + c)
