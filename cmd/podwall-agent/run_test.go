@@ -25,6 +25,7 @@ type fakeDataplane struct {
 }
 
 func (f *fakeDataplane) Probe(context.Context) error                   { return nil }
+func (f *fakeDataplane) EnsureBase(context.Context) (string, error)    { return "", nil }
 func (f *fakeDataplane) Pods(context.Context) ([]dataplane.Pod, error) { return nil, nil }
 func (f *fakeDataplane) Apply(_ context.Context, d *policy.Desired) (dataplane.ApplyStats, error) {
 	f.mu.Lock()
