@@ -39,7 +39,7 @@ const (
 type scaleNode struct {
 	node      *harness.Node
 	podwall   *harness.Network // cni0: bridge + podwall-ipam + podwall
-	baseline  *harness.Network // cni1: bridge + host-local, no podwall
+	baseline  *harness.Network // cni0 too: bridge + host-local, no podwall
 	policyDir string
 	socket    string
 	agent     *exec.Cmd
@@ -85,8 +85,12 @@ spec:
 	pw := fmt.Sprintf(`{"type":"podwall","agentSocket":%q,"agentTimeout":"5s"}`, s.socket)
 	ipam := fmt.Sprintf(`{"type":"podwall-ipam","dataDir":%q,"ranges":[{"subnet":"100.64.96.0/20"}]}`, filepath.Join(node.Dir, "ipam"))
 	s.podwall = node.Network(b, harness.BridgeConflist("podnet", "cni0", []byte(ipam), harness.WithChained([]byte(pw))))
-	s.baseline = node.Network(b, harness.BridgeConflist("basenet", "cni1",
-		harness.HostLocalIPAM(filepath.Join(node.Dir, "host-local"), "100.64.112.0/20")))
+	// The baseline's pods join the same bridge, with its 110 ports (a
+	// bridge plugin ADD gets slower with them), from the top of the range,
+	// which podwall-ipam fills from the bottom.
+	hostLocal := fmt.Sprintf(`{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"100.64.96.0/20",`+
+		`"rangeStart":"100.64.104.1","rangeEnd":"100.64.111.254","gateway":"100.64.96.1"}]]}`, filepath.Join(node.Dir, "host-local"))
+	s.baseline = node.Network(b, harness.BridgeConflist("basenet", "cni0", []byte(hostLocal)))
 	s.startAgent(b)
 	s.wait(b)
 
