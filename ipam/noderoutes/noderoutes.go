@@ -28,8 +28,12 @@ func Read(relevant func(netip.Prefix) bool) ([]ipam.NodeRoute, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
-	var links map[int]netlink.Link
-	var out []ipam.NodeRoute
+	type candidate struct {
+		route netlink.Route
+		nr    ipam.NodeRoute
+	}
+	var candidates []candidate
+	lookups := 0
 	for _, r := range routes {
 		if r.Table == unix.RT_TABLE_LOCAL || r.Dst == nil {
 			continue
@@ -49,21 +53,33 @@ func Read(relevant func(netip.Prefix) bool) ([]ipam.NodeRoute, error) {
 			continue
 		}
 		if r.LinkIndex > 0 && len(r.MultiPath) == 0 {
-			if links == nil {
-				// One dump for all devices: routed layouts have a veth per
-				// pod, and a lookup per route would cost a round trip each.
-				// Under heavy churn the dump may never complete; single
-				// lookups are never interrupted.
-				links, err = linksByIndex()
-				if errors.Is(err, netlink.ErrDumpInterrupted) {
-					links, err = map[int]netlink.Link{}, nil
-				}
-				if err != nil {
-					return nil, err
-				}
-			}
+			lookups++
+		}
+		candidates = append(candidates, candidate{r, nr})
+	}
+	// Devices are looked up one by one when few routes need one (a bridge
+	// node: its links are mostly pod veths, which a dump would all parse),
+	// and dumped once when many do (a routed layout has a route and a veth
+	// per pod). Under heavy churn a dump may never complete; single lookups
+	// are never interrupted.
+	links := map[int]netlink.Link{}
+	if lookups > singleLookups {
+		dumped, err := linksByIndex()
+		switch {
+		case errors.Is(err, netlink.ErrDumpInterrupted):
+		case err != nil:
+			return nil, err
+		default:
+			links = dumped
+		}
+	}
+	var out []ipam.NodeRoute
+	for _, c := range candidates {
+		r, nr := c.route, c.nr
+		if r.LinkIndex > 0 && len(r.MultiPath) == 0 {
 			link, ok := links[r.LinkIndex]
 			if !ok {
+				var err error
 				if link, err = netlink.LinkByIndex(r.LinkIndex); err != nil {
 					var notFound netlink.LinkNotFoundError
 					if errors.As(err, &notFound) {
@@ -81,6 +97,10 @@ func Read(relevant func(netip.Prefix) bool) ([]ipam.NodeRoute, error) {
 	}
 	return out, nil
 }
+
+// singleLookups is how many device lookups are cheaper than one dump of
+// every link.
+const singleLookups = 8
 
 func linksByIndex() (map[int]netlink.Link, error) {
 	list, err := retryDump(netlink.LinkList)
