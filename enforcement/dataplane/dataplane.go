@@ -96,6 +96,30 @@ func (d *Dataplane) save(ctx context.Context, f ruleset.Family) (*table, error) 
 	return parseSave(string(out)), nil
 }
 
+// saveFamilies reads the filter table of both families side by side.
+func (d *Dataplane) saveFamilies(ctx context.Context) (map[ruleset.Family]*table, error) {
+	procs := map[ruleset.Family]*process{}
+	var errs []error
+	for _, f := range ruleset.Families() {
+		p, err := start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
+			continue
+		}
+		procs[f] = p
+	}
+	tables := map[ruleset.Family]*table{}
+	for f, p := range procs {
+		out, err := p.wait()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
+			continue
+		}
+		tables[f] = parseSave(string(out))
+	}
+	return tables, errors.Join(errs...)
+}
+
 // restore applies a script atomically, leaving every chain it does not
 // declare as it is.
 func (d *Dataplane) restore(ctx context.Context, f ruleset.Family, s *script) error {

@@ -239,14 +239,18 @@ func (d *Dataplane) RemovePod(ctx context.Context, key string) error {
 	}
 	return d.locked(ctx, func() error {
 		return d.journaled(opRemove, key, func() error {
-			for _, f := range ruleset.Families() {
-				t, err := d.save(ctx, f)
-				if err != nil {
-					return err
-				}
-				if err := d.restore(ctx, f, removeScript(t, key)); err != nil {
-					return fmt.Errorf("removing chains of %s: %w", key, err)
-				}
+			// The families are independent: read both, then write both,
+			// side by side.
+			tables, err := d.saveFamilies(ctx)
+			if err != nil {
+				return err
+			}
+			scripts := map[ruleset.Family]*script{}
+			for f, t := range tables {
+				scripts[f] = removeScript(t, key)
+			}
+			if err := firstError(d.restoreFamilies(ctx, scripts)); err != nil {
+				return fmt.Errorf("removing chains of %s: %w", key, err)
 			}
 			return nil
 		})
