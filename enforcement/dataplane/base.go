@@ -15,13 +15,12 @@ const opBase = "base"
 // baseChecks are the rules without which pod traffic would bypass
 // podwall: the jumps from FORWARD and INPUT, and the rule of
 // PODWALL-FORWARD that the current layout adds.
-func baseChecks(f ruleset.Family) [][]string {
+func baseChecks() [][]string {
 	var out [][]string
 	for _, j := range baseJumps {
 		out = append(out, append([]string{j.builtin}, j.args...))
 	}
-	forward := baseChains(f)[0]
-	return append(out, append([]string{forward.name}, forward.rules[3]...))
+	return append(out, append([]string{chainForward}, notClaimedRule()...))
 }
 
 // EnsureBase checks that traffic reaches podwall's chains wherever pods
@@ -34,7 +33,7 @@ func baseChecks(f ruleset.Family) [][]string {
 func (d *Dataplane) EnsureBase(ctx context.Context) (string, error) {
 	var missing []ruleset.Family
 	for _, f := range ruleset.Families() {
-		for _, c := range baseChecks(f) {
+		for _, c := range baseChecks() {
 			if err := d.iptables(ctx, f, append([]string{"-C"}, c...)...); err != nil {
 				missing = append(missing, f)
 				break

@@ -52,9 +52,15 @@ var baseJumps = []struct {
 // only get what is missing. Established traffic is accepted before
 // anything else: it is most packets, and it should cost one rule.
 func baseChains(f ruleset.Family) []baseChain {
-	notClaimed := []string{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
-		"podwall: not claimed by the egress of a local pod; spoofed if from a pod interface", "-j", chainAntispoof}
-	chains := []baseChain{
+	notClaimed := notClaimedRule()
+	// Neighbour discovery is link-local and comes from link-local or
+	// unspecified sources, which no dispatch rule names; without it IPv6
+	// does not work at all.
+	var antispoof, misaddressed [][]string
+	if f == ruleset.IPv6 {
+		antispoof, misaddressed = neighbourDiscovery("", "RETURN"), neighbourDiscovery("", "ACCEPT")
+	}
+	return []baseChain{
 		{chainForward, [][]string{
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "podwall: established", "-j", "ACCEPT"},
 			{"-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "podwall: drop invalid", "-j", "DROP"},
@@ -73,17 +79,16 @@ func baseChains(f ruleset.Family) []baseChain {
 		}},
 		{chainEgress, nil},
 		{chainIngress, nil},
-		{chainAntispoof, nil},
-		{chainMisaddressed, nil},
+		{chainAntispoof, antispoof},
+		{chainMisaddressed, misaddressed},
 	}
-	if f == ruleset.IPv6 {
-		// Neighbour discovery is link-local and comes from link-local or
-		// unspecified sources, which no dispatch rule names; without it
-		// IPv6 does not work at all.
-		chains[4].rules = neighbourDiscovery("", "RETURN")
-		chains[5].rules = neighbourDiscovery("", "ACCEPT")
-	}
-	return chains
+}
+
+// notClaimedRule sends what no pod's egress claimed to PODWALL-ANTISPOOF;
+// older layouts lack it.
+func notClaimedRule() []string {
+	return []string{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
+		"podwall: not claimed by the egress of a local pod; spoofed if from a pod interface", "-j", chainAntispoof}
 }
 
 type baseChain struct {

@@ -361,8 +361,7 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 				wants = append(wants, want{chain, r})
 			}
 		}
-		forward := baseChains(f)[0]
-		wants = append(wants, want{forward.name, forward.rules[3]})
+		wants = append(wants, want{chainForward, notClaimedRule()})
 		for _, j := range baseJumps {
 			wants = append(wants, want{j.builtin, j.args})
 		}
