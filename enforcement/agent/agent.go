@@ -333,6 +333,9 @@ func (a *Agent) handle(ctx context.Context, r *request) {
 // ensureBase checks the jumps into podwall's chains, which nothing else
 // watches between ADDs: pods are not enforced while one is missing.
 func (a *Agent) ensureBase(ctx context.Context) {
+	if len(a.reg.byKey) == 0 {
+		return // no pods, so podwall rightly has no chains
+	}
 	restored, err := a.cfg.Dataplane.EnsureBase(ctx)
 	switch {
 	case err != nil:

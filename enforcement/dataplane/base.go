@@ -2,8 +2,8 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/podwall/podwall/enforcement/ruleset"
 )
@@ -45,31 +45,36 @@ func (d *Dataplane) EnsureBase(ctx context.Context) (string, error) {
 	}
 	var restored []string
 	err := d.locked(ctx, func() error {
-		return d.journaled(opBase, "-", func() error {
-			var errs []error
-			for _, f := range missing {
-				t, err := d.save(ctx, f)
-				if err != nil {
-					return err
-				}
-				if !hasPodRules(t) {
-					continue // no pods: podwall rightly has no chains here
-				}
-				s := &script{}
-				ensureBase(t, s, f)
-				if s.empty() {
-					continue
-				}
-				if err := d.restore(ctx, f, s); err != nil {
-					errs = append(errs, fmt.Errorf("restoring %s base chains: %w", f, err))
-					continue
-				}
+		scripts := map[ruleset.Family]*script{}
+		for _, f := range missing {
+			t, err := d.save(ctx, f)
+			if err != nil {
+				return err
+			}
+			if !hasPodRules(t) {
+				continue // no pods: podwall rightly has no chains here
+			}
+			s := &script{}
+			ensureBase(t, s, f)
+			if !s.empty() {
+				scripts[f] = s
 				restored = append(restored, fmt.Sprintf("%s: %d base rules", f, len(s.lines)+len(s.decls)))
 			}
-			return errors.Join(errs...)
+		}
+		if len(scripts) == 0 {
+			return nil // nothing written: nothing to journal
+		}
+		return d.journaled(opBase, "-", func() error {
+			if err := firstError(d.restoreFamilies(ctx, scripts)); err != nil {
+				return fmt.Errorf("restoring base chains: %w", err)
+			}
+			return nil
 		})
 	})
-	return fmt.Sprint(restored), err
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(restored, "; "), nil
 }
 
 // hasPodRules says whether any pod's dispatch rules are in the table.
