@@ -98,6 +98,14 @@ func (d *Dataplane) save(ctx context.Context, f ruleset.Family) (*table, error) 
 
 // saveFamilies reads the filter table of both families side by side.
 func (d *Dataplane) saveFamilies(ctx context.Context) (map[ruleset.Family]*table, error) {
+	return d.startSaves(ctx)()
+}
+
+// startSaves starts reading the filter table of both families; the
+// returned function waits for the tables. The processes are forked on the
+// calling thread, in its network namespace, so the caller may do other
+// work in between.
+func (d *Dataplane) startSaves(ctx context.Context) func() (map[ruleset.Family]*table, error) {
 	procs := map[ruleset.Family]*process{}
 	var errs []error
 	for _, f := range ruleset.Families() {
@@ -108,16 +116,18 @@ func (d *Dataplane) saveFamilies(ctx context.Context) (map[ruleset.Family]*table
 		}
 		procs[f] = p
 	}
-	tables := map[ruleset.Family]*table{}
-	for f, p := range procs {
-		out, err := p.wait()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
-			continue
+	return func() (map[ruleset.Family]*table, error) {
+		tables := map[ruleset.Family]*table{}
+		for f, p := range procs {
+			out, err := p.wait()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
+				continue
+			}
+			tables[f] = parseSave(string(out))
 		}
-		tables[f] = parseSave(string(out))
+		return tables, errors.Join(errs...)
 	}
-	return tables, errors.Join(errs...)
 }
 
 // restore applies a script atomically, leaving every chain it does not

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -84,29 +83,14 @@ func isDefaultDeny(saved string) bool {
 func (d *Dataplane) readState(ctx context.Context) (*kernelState, error) {
 	st := &kernelState{readAt: time.Now(), chains: map[ruleset.Family]map[string]chainState{}}
 	// The three reads are independent: side by side.
-	procs := map[ruleset.Family]*process{}
-	for _, f := range ruleset.Families() {
-		p, err := start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
-		if err != nil {
-			for _, started := range procs {
-				_, _ = started.wait()
-			}
-			return nil, fmt.Errorf("reading %s filter table: %w", f, err)
-		}
-		procs[f] = p
-	}
+	waitTables := d.startSaves(ctx)
 	sets, setsErr := readSets(ctx)
-	var errs []error
-	for _, f := range ruleset.Families() {
-		out, err := procs[f].wait()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
-			continue
-		}
-		st.chains[f] = chainStates(parseSave(string(out)))
-	}
-	if err := errors.Join(append(errs, setsErr)...); err != nil {
+	tables, tablesErr := waitTables()
+	if err := errors.Join(tablesErr, setsErr); err != nil {
 		return nil, err
+	}
+	for f, t := range tables {
+		st.chains[f] = chainStates(t)
 	}
 	st.sets = sets
 	return st, nil
