@@ -72,20 +72,27 @@ func TestCacheGivesTheSameOutput(t *testing.T) {
 		for _, s := range steps[:i+1] {
 			s(&in)
 		}
-		in = versioned(in)
-		want, err := policy.Compile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in.Cache = cache
-		got, err := policy.Compile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(comparable(got), comparable(want)) {
-			t.Fatalf("step %d: output with the cache differs", i)
-		}
+		compileBoth(t, versioned(in), cache, fmt.Sprintf("step %d", i))
 	}
+}
+
+// compileBoth compiles in without a cache, then through cache, and fails
+// the test unless both outputs are the same.
+func compileBoth(t *testing.T, in policy.Input, cache *policy.Cache, what string) (got, want *policy.Desired) {
+	t.Helper()
+	in.Cache = nil
+	want, err := policy.Compile(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Cache = cache
+	if got, err = policy.Compile(in); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(comparable(got), comparable(want)) {
+		t.Fatalf("%s: output with the cache differs", what)
+	}
+	return got, want
 }
 
 func comparable(d *policy.Desired) any {

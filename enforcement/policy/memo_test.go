@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"fmt"
 	"maps"
 	"reflect"
 	"testing"
@@ -86,18 +87,7 @@ func TestCacheReusesWhatDidNotChange(t *testing.T) {
 		for _, s := range steps[:i+1] {
 			s(&in)
 		}
-		want, err := policy.Compile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		in.Cache = cache
-		got, err := policy.Compile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(comparable(got), comparable(want)) {
-			t.Fatalf("compilation %d (step %d): output with the cache differs", n, i)
-		}
+		got, want := compileBoth(t, in, cache, fmt.Sprintf("compilation %d (step %d)", n, i))
 		outputs = append(outputs, output{got, comparable(want)})
 	}
 	for n, o := range outputs {
@@ -131,16 +121,5 @@ func TestCacheWithoutVersionsCompilesAnew(t *testing.T) {
 	}
 	in.Pods = append([]corev1.Pod(nil), in.Pods...)
 	in.Pods[3].Labels = map[string]string{"app": "nothing-selects-this"}
-	got, err := policy.Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in.Cache = nil
-	want, err := policy.Compile(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(comparable(got), comparable(want)) {
-		t.Fatal("output with the cache differs")
-	}
+	compileBoth(t, in, in.Cache, "changed pod")
 }
