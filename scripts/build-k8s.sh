@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the cluster tests under test/k8s run, into bin/k8s/:
-#   kube-apiserver, kubelet, kubectl  from k8s.io/kubernetes (module test/k8s/tools/kube)
+#   kube-apiserver, kubelet, kubectl, kube-controller-manager,
+#   kube-scheduler, kube-proxy       from k8s.io/kubernetes (module test/k8s/tools/kube)
 #   etcd                              from go.etcd.io/etcd/server/v3 (module test/k8s/tools/etcd)
 #   pause.tar                         a one-binary image, made by test/k8s/mkimage
 # Everything comes from the Go module proxy. A part is rebuilt only when its
@@ -51,7 +52,8 @@ build_kube() {
 		ldflags+=" -X $p.gitVersion=$version -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 	done
 	(cd "$kube_dir" && "$go" build -trimpath -ldflags="$ldflags" -o "$out/" \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl)
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl \
+		k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 etcd_dir=$root/test/k8s/tools/etcd
@@ -75,7 +77,7 @@ what=${*:-kube etcd pause}
 for part in $what; do
 	case $part in
 	kube)
-		up_to_date kube "kube-apiserver kubelet kubectl" "${kube_inputs[@]}" && { echo "build-k8s: $part up to date"; continue; }
+		up_to_date kube "kube-apiserver kubelet kubectl kube-controller-manager kube-scheduler kube-proxy" "${kube_inputs[@]}" && { echo "build-k8s: $part up to date"; continue; }
 		timed build_kube
 		stamp kube "${kube_inputs[@]}"
 		;;
