@@ -50,70 +50,97 @@ func (p *Plugin) dataplane(c *Config) (*dataplane.Dataplane, error) {
 	return d, nil
 }
 
-// podAndDataplane reads what ADD and CHECK share: the config, the pod that
-// prevResult describes, and the dataplane of this node.
-func (p *Plugin) podAndDataplane(args *skel.CmdArgs) (*Config, dataplane.Pod, *dataplane.Dataplane, error) {
+// configAndPod reads what ADD and CHECK share: the config and the pod
+// that prevResult describes.
+func (p *Plugin) configAndPod(args *skel.CmdArgs) (*Config, dataplane.Pod, error) {
 	c, err := ParseConfig(args.StdinData)
 	if err != nil {
-		return nil, dataplane.Pod{}, nil, err
+		return nil, dataplane.Pod{}, err
 	}
 	res, err := prevResult(c)
 	if err != nil {
-		return nil, dataplane.Pod{}, nil, err
+		return nil, dataplane.Pod{}, err
 	}
 	pod, err := podFromResult(c, args, res, p.linkInfo)
 	if err != nil {
-		return nil, dataplane.Pod{}, nil, err
+		return nil, dataplane.Pod{}, err
 	}
-	d, err := p.dataplane(c)
-	if err != nil {
-		return nil, dataplane.Pod{}, nil, err
+	if err := dataplane.ValidatePod(pod); err != nil {
+		return nil, dataplane.Pod{}, invalid("podwall: %v", err)
 	}
-	return c, pod, d, nil
+	return c, pod, nil
 }
 
+// cmdAdd has the agent, the one writer of podwall's rules, program the pod
+// (its chains, dispatch and policy, in one restore per family) and returns
+// once it has: the traffic the pod's policy allows works from its first
+// packet, and nothing else does. When the agent does not answer in time
+// (down, restarting, not synced), the plugin installs the pod's
+// default-deny chains itself, and the agent adopts them when it comes back:
+// the ADD still succeeds, and the pod is denied until then.
 func (p *Plugin) cmdAdd(args *skel.CmdArgs) error {
-	c, pod, d, err := p.podAndDataplane(args)
+	c, pod, err := p.configAndPod(args)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), kernelTimeout)
-	defer cancel()
-	// The pod is isolated before anyone else learns of it: whatever the
-	// agent does or fails to do, its first packet meets default deny.
-	if err := d.EnsurePod(ctx, pod); err != nil {
-		return fmt.Errorf("podwall: %w", err)
+	if pod.Layout == dataplane.LayoutBridge {
+		// Without it bridged frames never meet iptables; the agent may not
+		// be allowed to write sysctls, the plugin is.
+		if err := dataplane.EnableBridgeNetfilter(); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("podwall: %v", err), "")
+		}
 	}
-	p.attach(c, pod)
+	if err := p.attach(c, pod); err != nil {
+		p.log.Warn("podwall: the agent did not program the pod; installing its default-deny chains, the agent adopts them when it returns",
+			"pod", pod.Namespace+"/"+pod.Name, "key", pod.Key, "error", err)
+		d, err := p.dataplane(c)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), kernelTimeout)
+		defer cancel()
+		if err := d.EnsurePod(ctx, pod); err != nil {
+			return fmt.Errorf("podwall: %w", err)
+		}
+	}
 	return types.PrintResult(c.PrevResult, c.CNIVersion)
 }
 
-// attach asks the agent to program the pod's policy, waiting at most the
-// configured time. Failing that, the pod stays default-deny and the agent
-// adopts it from the kernel when it comes back: the ADD still succeeds.
-func (p *Plugin) attach(c *Config, pod dataplane.Pod) {
+// attach asks the agent to program the pod, waiting at most the
+// configured time.
+func (p *Plugin) attach(c *Config, pod dataplane.Pod) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.AgentTimeout)
 	defer cancel()
 	ips := make([]string, len(pod.IPs))
 	for i, a := range pod.IPs {
 		ips[i] = a.String()
 	}
-	err := agentapi.NewClient(c.AgentSocket).Attach(ctx, agentapi.Attachment{
+	return agentapi.NewClient(c.AgentSocket).Attach(ctx, agentapi.Attachment{
 		Key: pod.Key, Network: pod.Network, ContainerID: pod.ContainerID, IfName: pod.IfName,
 		Namespace: pod.Namespace, Name: pod.Name, IPs: ips, HostIface: pod.HostIface, Layout: string(pod.Layout),
+		Bridge: pod.Bridge,
 	})
-	if err != nil {
-		p.log.Warn("podwall: agent did not program the pod; it stays default-deny until the agent adopts it",
-			"pod", pod.Namespace+"/"+pod.Name, "key", pod.Key, "error", err)
-	}
 }
 
-func (p *Plugin) detach(c *Config, key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.AgentTimeout, time.Second))
+// remove has the agent remove a pod's chains, or removes them itself when
+// the agent does not answer: a DEL must not return while the pod's
+// dispatch rules could send a later pod with the same address into them.
+func (p *Plugin) remove(ctx context.Context, c *Config, d func() (*dataplane.Dataplane, error), key string) error {
+	actx, cancel := context.WithTimeout(ctx, min(c.AgentTimeout, time.Second))
 	defer cancel()
-	if err := agentapi.NewClient(c.AgentSocket).Detach(ctx, key); err != nil {
-		p.log.Info("podwall: agent not told of the removal; it notices the chains are gone at its next sync", "key", key, "error", err)
+	err := agentapi.NewClient(c.AgentSocket).Detach(actx, key)
+	if err == nil {
+		return nil
 	}
+	p.log.Info("podwall: the agent did not remove the pod's chains; removing them", "key", key, "error", err)
+	dp, err := d()
+	if err != nil {
+		return err
+	}
+	if err := dp.RemovePod(ctx, key); err != nil {
+		return fmt.Errorf("podwall: %w", err)
+	}
+	return nil
 }
 
 func (p *Plugin) cmdDel(args *skel.CmdArgs) error {
@@ -121,22 +148,18 @@ func (p *Plugin) cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	d, err := p.dataplane(c)
-	if err != nil {
-		return err
-	}
 	key := ruleset.ChainKey(c.Name, args.ContainerID, args.IfName)
 	ctx, cancel := context.WithTimeout(context.Background(), kernelTimeout)
 	defer cancel()
-	if err := d.RemovePod(ctx, key); err != nil {
-		return fmt.Errorf("podwall: %w", err)
-	}
-	p.detach(c, key)
-	return nil
+	return p.remove(ctx, c, func() (*dataplane.Dataplane, error) { return p.dataplane(c) }, key)
 }
 
 func (p *Plugin) cmdCheck(args *skel.CmdArgs) error {
-	_, pod, d, err := p.podAndDataplane(args)
+	c, pod, err := p.configAndPod(args)
+	if err != nil {
+		return err
+	}
+	d, err := p.dataplane(c)
 	if err != nil {
 		return err
 	}
@@ -177,11 +200,10 @@ func (p *Plugin) cmdGC(args *skel.CmdArgs) error {
 		if pod.Network != c.Name || keep[pod.Key] {
 			continue
 		}
-		if err := d.RemovePod(ctx, pod.Key); err != nil {
+		if err := p.remove(ctx, c, func() (*dataplane.Dataplane, error) { return d, nil }, pod.Key); err != nil {
 			return fmt.Errorf("podwall: removing orphan %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
 		p.log.Info("podwall: removed chains of a stale attachment", "pod", pod.Namespace+"/"+pod.Name, "key", pod.Key)
-		p.detach(c, pod.Key)
 	}
 	return nil
 }

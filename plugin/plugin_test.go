@@ -73,20 +73,25 @@ func TestPodFromResult(t *testing.T) {
 			{Interface: &zero, Address: net.IPNet{IP: net.ParseIP("10.0.0.1"), Mask: net.CIDRMask(24, 32)}},
 		},
 	}
-	info := func(name string) (bool, bool, error) { return name == "veth1", name == "veth1", nil }
+	info := func(name string) (bool, string, error) {
+		if name == "veth1" {
+			return true, "cni0", nil
+		}
+		return false, "", nil
+	}
 	p, err := podFromResult(c, args, res, info)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.HostIface != "veth1" || p.Layout != dataplane.LayoutBridge || p.Namespace != "x" || p.Name != "a" ||
+	if p.HostIface != "veth1" || p.Layout != dataplane.LayoutBridge || p.Bridge != "cni0" || p.Namespace != "x" || p.Name != "a" ||
 		len(p.IPs) != 2 || p.Key != ruleset.ChainKey("podnet", "cid1", "eth0") {
 		t.Errorf("pod: %+v", p)
 	}
-	routed := func(name string) (bool, bool, error) { return name == "veth1", false, nil }
+	routed := func(name string) (bool, string, error) { return name == "veth1", "", nil }
 	if p, err := podFromResult(c, args, res, routed); err != nil || p.Layout != dataplane.LayoutRouted {
 		t.Errorf("routed: %+v %v", p, err)
 	}
-	none := func(string) (bool, bool, error) { return false, false, nil }
+	none := func(string) (bool, string, error) { return false, "", nil }
 	if _, err := podFromResult(c, args, res, none); code(err) != types.ErrInvalidNetworkConfig {
 		t.Errorf("no veth: %v", err)
 	}

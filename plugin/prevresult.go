@@ -30,26 +30,30 @@ func prevResult(c *Config) (*current.Result, error) {
 	return res, nil
 }
 
-// linkInfo answers what a host interface is; a field so tests can fake it.
-type linkInfo func(name string) (isVeth bool, bridgeMaster bool, err error)
+// linkInfo answers what a host interface is, and the bridge it is a port
+// of (empty if none); a field so tests can fake it.
+type linkInfo func(name string) (isVeth bool, bridge string, err error)
 
-func hostLinkInfo(name string) (bool, bool, error) {
+func hostLinkInfo(name string) (bool, string, error) {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
-		return false, false, fmt.Errorf("host interface %s: %w", name, err)
+		return false, "", fmt.Errorf("host interface %s: %w", name, err)
 	}
 	if link.Type() != "veth" {
-		return false, false, nil
+		return false, "", nil
 	}
 	idx := link.Attrs().MasterIndex
 	if idx == 0 {
-		return true, false, nil
+		return true, "", nil
 	}
 	master, err := netlink.LinkByIndex(idx)
 	if err != nil {
-		return true, false, fmt.Errorf("master of %s: %w", name, err)
+		return true, "", fmt.Errorf("master of %s: %w", name, err)
 	}
-	return true, master.Type() == "bridge", nil
+	if master.Type() != "bridge" {
+		return true, "", nil
+	}
+	return true, master.Attrs().Name, nil
 }
 
 // podFromResult builds the dataplane's view of the attachment.
@@ -67,7 +71,7 @@ func podFromResult(c *Config, args *skel.CmdArgs, res *current.Result, info link
 		if iface.Sandbox != "" {
 			continue
 		}
-		isVeth, bridged, err := info(iface.Name)
+		isVeth, bridge, err := info(iface.Name)
 		if err != nil {
 			return p, err
 		}
@@ -79,8 +83,8 @@ func podFromResult(c *Config, args *skel.CmdArgs, res *current.Result, info link
 		}
 		p.HostIface = iface.Name
 		p.Layout = dataplane.LayoutRouted
-		if bridged {
-			p.Layout = dataplane.LayoutBridge
+		if bridge != "" {
+			p.Layout, p.Bridge = dataplane.LayoutBridge, bridge
 		}
 	}
 	if p.HostIface == "" {

@@ -27,7 +27,8 @@ type fakeDataplane struct {
 func (f *fakeDataplane) Probe(context.Context) error                   { return nil }
 func (f *fakeDataplane) EnsureBase(context.Context) (string, error)    { return "", nil }
 func (f *fakeDataplane) Pods(context.Context) ([]dataplane.Pod, error) { return nil, nil }
-func (f *fakeDataplane) Apply(_ context.Context, d *policy.Desired) (dataplane.ApplyStats, error) {
+func (f *fakeDataplane) Apply(_ context.Context, t dataplane.Target) (dataplane.ApplyStats, error) {
+	d := t.Policy
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.last = d

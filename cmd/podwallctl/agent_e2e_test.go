@@ -20,7 +20,7 @@ type nullDataplane struct{}
 func (nullDataplane) Probe(context.Context) error                   { return nil }
 func (nullDataplane) EnsureBase(context.Context) (string, error)    { return "", nil }
 func (nullDataplane) Pods(context.Context) ([]dataplane.Pod, error) { return nil, nil }
-func (nullDataplane) Apply(context.Context, *policy.Desired) (dataplane.ApplyStats, error) {
+func (nullDataplane) Apply(context.Context, dataplane.Target) (dataplane.ApplyStats, error) {
 	return dataplane.ApplyStats{}, nil
 }
 

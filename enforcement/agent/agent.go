@@ -10,10 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/podwall/podwall/enforcement/agentapi"
+	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/source"
 )
@@ -62,7 +65,9 @@ type Agent struct {
 	probed     bool
 	generation uint64
 	applied    map[string]uint64 // key -> seq of the attachment last applied
-	lastGood   lastApply
+	// removing are the keys detached whose chains the next apply removes.
+	removing map[string]bool
+	lastGood lastApply
 	// compileCache keeps what the compiler derived from unchanged objects.
 	compileCache *policy.Cache
 	// inputPods keeps the compiler's pods made from the last snapshot.
@@ -132,8 +137,9 @@ func New(cfg Config) (*Agent, error) {
 		mode:    mode,
 		log:     cfg.Log,
 		wake:    make(chan struct{}, 1),
-		reg:     newRegistry(),
-		applied: map[string]uint64{},
+		reg:      newRegistry(),
+		applied:  map[string]uint64{},
+		removing: map[string]bool{},
 
 		compileCache: policy.NewCache(),
 	}
@@ -156,8 +162,8 @@ func (a *Agent) Attach(ctx context.Context, att agentapi.Attachment) error {
 	return err
 }
 
-// Detach forgets an attachment whose chains the plugin removed, and
-// returns after the apply that drops what only it used.
+// Detach forgets an attachment, and returns after the apply that removed
+// its chains and what only it used.
 func (a *Agent) Detach(ctx context.Context, key string) error {
 	if err := policy.ValidateChainKey(key); err != nil {
 		return &RequestError{Err: err}
@@ -317,6 +323,7 @@ func (a *Agent) handle(ctx context.Context, r *request) {
 	switch r.kind {
 	case reqAttach:
 		a.reg.put(r.att)
+		delete(a.removing, r.att.api.Key)
 		a.log.Info("pod attached", "pod", r.att.ref(), "key", r.att.api.Key, "ips", r.att.api.IPs)
 		a.fetchPod(ctx, r.att)
 	case reqDetach:
@@ -324,6 +331,7 @@ func (a *Agent) handle(ctx context.Context, r *request) {
 			a.log.Info("pod detached", "key", r.key)
 		}
 		a.reg.remove(r.key)
+		a.removing[r.key] = true
 	case reqSync:
 		// Sync read the source before queueing: the apply that follows
 		// sees everything it found.
@@ -350,7 +358,7 @@ func (a *Agent) refreshFromKernel(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if a.reg.syncWith(pods) {
+	if a.reg.syncWith(pods, a.applied) {
 		a.log.Info("attachments re-read from the kernel differ from the reported ones; converging", "pods", len(pods))
 	}
 	return nil
@@ -377,9 +385,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 		// Attachments reported before adoption are in the kernel too.
 		for _, p := range pods {
-			if _, ok := a.reg.byKey[p.Key]; !ok {
-				a.reg.put(fromKernel(p))
+			if _, ok := a.reg.byKey[p.Key]; ok {
+				continue
 			}
+			if err := dataplane.ValidatePod(p); err != nil {
+				a.log.Warn("attachment in the kernel not adopted", "key", p.Key, "err", err)
+				continue
+			}
+			a.reg.put(fromKernel(p))
 		}
 		a.adopted = true
 		a.log.Info("adopted the attachments in the kernel", "pods", len(pods))
@@ -414,9 +427,13 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		problems = append(problems, p.Error())
 	}
 	start := time.Now()
-	stats, err := a.cfg.Dataplane.Apply(actx, desired)
+	removing := slices.Sorted(maps.Keys(a.removing))
+	stats, err := a.cfg.Dataplane.Apply(actx, dataplane.Target{Pods: a.reg.pods(), Remove: removing, Policy: desired})
 	if err != nil {
 		return a.failed(fmt.Errorf("applying policy: %w", err), problems)
+	}
+	for _, key := range removing {
+		delete(a.removing, key)
 	}
 	a.generation++
 	a.applied = make(map[string]uint64, len(desired.Pods))

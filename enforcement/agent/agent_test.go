@@ -82,7 +82,7 @@ func TestAttachReturnsAfterTheApplyThatIncludesThePod(t *testing.T) {
 	}
 
 	// A pod no manifest describes yet keeps chains that drop everything.
-	b := agentapi.Attachment{Key: keyB, Namespace: "x", Name: "unknown", IPs: []string{"10.1.0.6"}, Layout: "routed"}
+	b := agentapi.Attachment{Key: keyB, Namespace: "x", Name: "unknown", IPs: []string{"10.1.0.6"}, Layout: "routed", HostIface: "vethb"}
 	if err := a.Attach(context.Background(), b); err != nil {
 		t.Fatal(err)
 	}

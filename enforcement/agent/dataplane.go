@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
 )
 
 // Dataplane is the part of *dataplane.Dataplane the agent uses.
@@ -15,9 +14,9 @@ type Dataplane interface {
 	// Pods lists the attachments the plugin installed, read back from
 	// the kernel.
 	Pods(ctx context.Context) ([]dataplane.Pod, error)
-	// Apply converges the policy chains and sets to desired, touching only
-	// what differs.
-	Apply(ctx context.Context, desired *policy.Desired) (dataplane.ApplyStats, error)
+	// Apply converges the pods' chains, dispatch, policy chains and sets
+	// to the target, touching only what differs.
+	Apply(ctx context.Context, target dataplane.Target) (dataplane.ApplyStats, error)
 	// EnsureBase restores the jumps into podwall's chains where pods have
 	// chains, and says what it restored.
 	EnsureBase(ctx context.Context) (string, error)

@@ -47,7 +47,8 @@ func (f *fakeDataplane) Pods(context.Context) ([]dataplane.Pod, error) {
 	return slices.Clone(f.pods), f.podsErr
 }
 
-func (f *fakeDataplane) Apply(_ context.Context, d *policy.Desired) (dataplane.ApplyStats, error) {
+func (f *fakeDataplane) Apply(_ context.Context, t dataplane.Target) (dataplane.ApplyStats, error) {
+	d := t.Policy
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.applyErr != nil {

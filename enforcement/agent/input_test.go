@@ -24,7 +24,7 @@ func TestBuildInputReusesPodsWhileNothingTheyShowChanged(t *testing.T) {
 	var memo podsMemo
 	attach := func(ns, name, key string, ips ...string) {
 		t.Helper()
-		att, err := parseAttachment(agentapi.Attachment{Key: key, Namespace: ns, Name: name, IPs: ips})
+		att, err := parseAttachment(agentapi.Attachment{Key: key, Namespace: ns, Name: name, IPs: ips, HostIface: "veth0"})
 		if err != nil {
 			t.Fatal(err)
 		}

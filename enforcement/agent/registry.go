@@ -51,13 +51,16 @@ func parseAttachment(a agentapi.Attachment) (*attachment, error) {
 	}
 	slices.SortFunc(att.ips, netip.Addr.Compare)
 	att.ips = slices.Compact(att.ips)
+	if err := dataplane.ValidatePod(att.pod()); err != nil {
+		return nil, err
+	}
 	return att, nil
 }
 
 func fromKernel(p dataplane.Pod) *attachment {
 	a := agentapi.Attachment{
 		Key: p.Key, Network: p.Network, ContainerID: p.ContainerID, IfName: p.IfName,
-		Namespace: p.Namespace, Name: p.Name, HostIface: p.HostIface, Layout: string(p.Layout),
+		Namespace: p.Namespace, Name: p.Name, HostIface: p.HostIface, Layout: string(p.Layout), Bridge: p.Bridge,
 	}
 	ips := slices.Clone(p.IPs)
 	slices.SortFunc(ips, netip.Addr.Compare)
@@ -65,6 +68,18 @@ func fromKernel(p dataplane.Pod) *attachment {
 		a.IPs = append(a.IPs, ip.String())
 	}
 	return &attachment{api: a, ips: ips}
+}
+
+// pod is the attachment as the dataplane writes it.
+func (a *attachment) pod() dataplane.Pod {
+	layout := dataplane.Layout(a.api.Layout)
+	if layout == "" {
+		layout = dataplane.LayoutBridge
+	}
+	return dataplane.Pod{
+		Key: a.api.Key, Network: a.api.Network, ContainerID: a.api.ContainerID, IfName: a.api.IfName,
+		Namespace: a.api.Namespace, Name: a.api.Name, IPs: a.ips, HostIface: a.api.HostIface, Layout: layout, Bridge: a.api.Bridge,
+	}
 }
 
 // registry holds the attachments of this node, by chain key. Only the
@@ -84,26 +99,38 @@ func (r *registry) put(a *attachment) {
 
 func (r *registry) remove(key string) { delete(r.byKey, key) }
 
-// syncWith makes the registry list exactly the attachments in the kernel,
-// which is the truth: the plugin installs chains before it reports them and
-// reports their removal after. It returns whether anything changed.
-func (r *registry) syncWith(kernel []dataplane.Pod) bool {
+// syncWith brings the registry in line with the attachments in the
+// kernel: one found there that the registry lacks was installed by the
+// plugin's fallback while the agent did not answer, and one the agent had
+// written that is gone was removed by it (DEL or GC without the agent).
+// Attachments not applied yet stay. It returns whether anything changed.
+func (r *registry) syncWith(kernel []dataplane.Pod, applied map[string]uint64) bool {
 	changed := false
 	present := make(map[string]bool, len(kernel))
 	for _, p := range kernel {
 		present[p.Key] = true
-		if _, ok := r.byKey[p.Key]; !ok {
+		if _, ok := r.byKey[p.Key]; !ok && dataplane.ValidatePod(p) == nil {
 			r.put(fromKernel(p))
 			changed = true
 		}
 	}
 	for key := range r.byKey {
-		if !present[key] {
+		if _, wasApplied := applied[key]; wasApplied && !present[key] {
 			delete(r.byKey, key)
 			changed = true
 		}
 	}
 	return changed
+}
+
+// pods lists the attachments as the dataplane writes them, sorted.
+func (r *registry) pods() []dataplane.Pod {
+	atts := r.sorted()
+	out := make([]dataplane.Pod, len(atts))
+	for i, a := range atts {
+		out[i] = a.pod()
+	}
+	return out
 }
 
 // sorted returns the attachments by pod, then key.

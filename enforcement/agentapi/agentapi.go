@@ -34,6 +34,8 @@ type Attachment struct {
 	IPs         []string `json:"ips"`
 	HostIface   string   `json:"hostIface"`
 	Layout      string   `json:"layout"`
+	// Bridge is the bridge HostIface is a port of (layout "bridge").
+	Bridge string `json:"bridge,omitempty"`
 }
 
 // Detach asks the agent to forget a pod whose chains the plugin removed.

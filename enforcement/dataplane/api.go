@@ -9,6 +9,8 @@ package dataplane
 import (
 	"net/netip"
 	"time"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Layout says how a pod's host-side interface is attached.
@@ -34,12 +36,30 @@ type Pod struct {
 	IPs       []netip.Addr
 	HostIface string
 	Layout    Layout
+	// Bridge is the bridge the host interface is a port of (bridge
+	// layout). Every port of it is dropped unless a pod's dispatch claims
+	// the traffic, so a pod is denied before it has rules of its own.
+	// Empty for routed pods, and for pods adopted from layouts that did
+	// not record it: those get a drop rule of their own per interface.
+	Bridge string
+}
+
+// Target is what an Apply converges to.
+type Target struct {
+	// Pods get their chains, dispatch and policy chains; pods in the
+	// kernel that are neither here nor in Remove are left as they are.
+	Pods []Pod
+	// Remove lists the keys whose chains and dispatch go.
+	Remove []string
+	// Policy is the compiled policy; nil leaves policy chains and sets
+	// alone, and a pod created meanwhile gets default-deny policy chains.
+	Policy *ruleset.Desired
 }
 
 // Config locates the dataplane's state.
 type Config struct {
 	// StateDir holds the lock that every writer of podwall's iptables state
-	// takes (the directory of the agent's socket), and the journal.
+	// takes (the directory of the agent's socket).
 	StateDir string
 	// MaxStateAge bounds how long Apply trusts its memory of the kernel
 	// between full reads; zero means DefaultMaxStateAge.
@@ -54,5 +74,7 @@ type ApplyStats struct {
 	SetsDestroyed  int
 	EntriesAdded   int
 	EntriesDeleted int
+	PodsWritten    int
+	PodsRemoved    int
 	Unchanged      bool
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,160 +13,95 @@ import (
 	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
-// Apply converges the policy chains (PODWALL-IN-*/OUT-*) and sets to
-// desired, writing only what differs from the kernel, in the order that
-// never lets a rule reference a missing set and never accepts, even for a
-// moment, a packet that both the old and the new state refuse: new sets
-// created and filled and existing sets shrunk, then the changed chains
-// rewritten (one restore per family), then existing sets grown, then sets
-// no rule uses any more destroyed (see setPlan). Chains of pods whose
-// static chains are gone are skipped (the pod was deleted meanwhile).
-// Static chains, dispatch and base chains are never touched.
+// Apply converges the kernel to t: the base chains, the bridges' coverage,
+// each pod's fixed chains and dispatch, its policy chains, and the sets,
+// writing only what differs (see planApply), in one restore per family
+// between the ipset changes that must precede and follow it. The agent is
+// the one writer of all of it; the plugin writes only when the agent does
+// not answer (EnsurePod, RemovePod).
 //
 // Which chains differ is decided by a fingerprint: every chain Apply writes
 // ends with a rule that has only a comment, "podwall: rules sha256=<hash of
 // the desired rules> n=<count>", placed after the chain's final verdict, so
-// it is never evaluated. A chain whose last rule carries the fingerprint of
-// the desired rules and whose length matches is unchanged. This does not
+// it is never evaluated (in a "from pod" chain, which returns, it matches
+// and does nothing). A chain whose last rule carries the fingerprint of the
+// desired rules and whose length matches is unchanged. This does not
 // depend on how iptables-save respells rules, survives agent restarts (the
-// state is in the kernel), and a chain changed by hand is rewritten. A
-// chain the plugin has just created gets its rules and fingerprint inserted
-// ahead of the plugin's default deny, which stays last, never reached (see
-// writeChain); the fingerprint is then the rule before it.
+// state is in the kernel), and a chain changed by hand is rewritten.
 //
 // The kernel is not read back at every Apply: the Dataplane remembers what
-// it read and wrote, and the journal tells it what plugin invocations
-// changed since (see JournalFile). The tables and sets are read whole
-// again when the journal cannot account for every change, after any
-// failure, and once the memory is older than Config.MaxStateAge.
-func (d *Dataplane) Apply(ctx context.Context, desired *ruleset.Desired) (ApplyStats, error) {
-	var stats ApplyStats
-	if desired == nil {
-		return stats, fmt.Errorf("apply: no desired state")
-	}
+// it read and wrote. It reads the tables and sets whole again after any
+// failure and once the memory is older than Config.MaxStateAge; a write
+// planned from a stale memory fails as a whole (a chain it creates exists
+// already, a rule it deletes does not), which makes the next Apply read.
+func (d *Dataplane) Apply(ctx context.Context, t Target) (ApplyStats, error) {
 	d.stateMu.Lock()
 	defer d.stateMu.Unlock()
 	start := time.Now()
-	t := applyTimings{last: start}
+	tm := applyTimings{last: start}
+	var stats ApplyStats
 	err := d.locked(ctx, func() error {
-		t.mark(&t.lockWait)
-		st, err := d.currentState(ctx)
-		t.mark(&t.readState)
-		if err != nil {
-			return err
-		}
-		// Whatever fails from here on leaves the kernel in a state this
-		// memory may not describe: read it again next time.
-		d.state = nil
-		plan, err := planSets(desired.Sets, st.sets)
-		if err != nil {
-			return err
-		}
-		scripts := map[ruleset.Family]*script{}
-		written := map[ruleset.Family]map[string]chainState{}
-		for _, f := range ruleset.Families() {
-			scripts[f] = &script{}
-			written[f] = map[string]chainState{}
-		}
-		for _, c := range desired.Chains {
-			chains := st.chains[c.Family]
-			if chains == nil {
-				return fmt.Errorf("chain %s: unknown family %q", c.Name, c.Family)
+		tm.mark(&tm.lockWait)
+		remembered := d.state != nil && time.Since(d.state.readAt) < d.maxStateAge
+		for {
+			st, err := d.currentState(ctx)
+			tm.mark(&tm.readState)
+			if err != nil {
+				return err
 			}
-			key, ok := policyChainKey(c.Name)
-			if !ok {
-				return fmt.Errorf("chain %s is not a pod policy chain", c.Name)
+			// Whatever fails from here on leaves the kernel in a state
+			// this memory may not describe: read it again next time.
+			d.state = nil
+			p, err := planApply(st, t, d.log)
+			tm.mark(&tm.plan)
+			if err != nil {
+				return err
 			}
-			if _, ok := chains[fromPodChain(key)]; !ok {
-				continue // pod deleted, or not attached here (yet)
-			}
-			current, exists := chains[c.Name]
-			if exists && current.holds(c.Rules) {
-				continue
-			}
-			fp := fingerprint(c)
-			if exists && current.hasFingerprint(fp, len(c.Rules)) {
-				current.rules = c.Rules
-				chains[c.Name] = current
-				continue
-			}
-			written[c.Family][c.Name] = writeChain(scripts[c.Family], c, fp, exists && current.onlyDefaultDeny())
-			stats.ChainsWritten++
-		}
-		// Sets still referenced by chains we leave alone must survive.
-		inUse := map[string]bool{}
-		for _, f := range ruleset.Families() {
-			for name, cs := range st.chains[f] {
-				if _, ok := written[f][name]; ok {
+			if err := d.execute(ctx, p, &tm); err != nil {
+				if remembered {
+					// Planned from memory, which someone else's write
+					// (the plugin's fallback, a tamperer) made stale:
+					// read everything and plan again, once.
+					d.log.Info("a write planned from memory failed; reading the kernel back", "err", err)
+					remembered = false
 					continue
 				}
-				for _, set := range cs.sets {
-					inUse[set] = true
-				}
+				return err
 			}
+			d.state = p.next
+			stats = p.stats
+			return nil
 		}
-		var destroy []string
-		for _, name := range plan.destroy {
-			if inUse[name] {
-				d.log.Warn("ipset no longer desired but still referenced; kept", "set", name)
-				continue
-			}
-			destroy = append(destroy, "destroy "+name)
-		}
-		slices.Sort(destroy)
-
-		t.mark(&t.plan)
-		if err := ipsetRestore(ctx, plan.script); err != nil {
-			return err
-		}
-		t.mark(&t.setsBefore)
-		stats.SetsCreated, stats.EntriesAdded, stats.EntriesDeleted = plan.created, plan.added, plan.dropd
-		if err := firstError(d.restoreFamilies(ctx, scripts)); err != nil {
-			return fmt.Errorf("writing policy chains: %w", err)
-		}
-		t.mark(&t.chains)
-		if err := ipsetRestore(ctx, plan.grow); err != nil {
-			return err
-		}
-		if err := ipsetRestore(ctx, destroy); err != nil {
-			return err
-		}
-		stats.SetsDestroyed = len(destroy)
-		t.mark(&t.setsAfter)
-
-		// The kernel now holds what was written: remember it.
-		for f, chains := range written {
-			for name, cs := range chains {
-				st.chains[f][name] = cs
-			}
-		}
-		changed := make(map[string]bool, len(plan.changed))
-		for _, name := range plan.changed {
-			changed[name] = true
-		}
-		for _, ds := range desired.Sets {
-			if !changed[ds.Name] {
-				continue // the kernel's set, as remembered, is the desired one
-			}
-			ks := &kernelSet{typ: string(ds.Type), family: string(ds.Family), members: make(map[string]string, len(ds.Members))}
-			for _, m := range ds.Members {
-				ks.members[memberKey(m)] = m
-			}
-			st.sets[ds.Name] = ks
-		}
-		for _, line := range destroy {
-			delete(st.sets, strings.TrimPrefix(line, "destroy "))
-		}
-		d.state = st
-		return nil
 	})
 	if err != nil {
 		return ApplyStats{}, err
 	}
 	stats.Unchanged = stats == ApplyStats{}
-	d.log.Debug("apply timings", "lockWait", t.lockWait, "readState", t.readState, "plan", t.plan, "setsBefore", t.setsBefore,
-		"chains", t.chains, "setsAfter", t.setsAfter, "total", time.Since(start))
+	d.log.Debug("apply timings", "lockWait", tm.lockWait, "readState", tm.readState, "plan", tm.plan, "setsBefore", tm.setsBefore,
+		"chains", tm.chains, "setsAfter", tm.setsAfter, "total", time.Since(start))
 	return stats, nil
+}
+
+// execute writes a plan: sets that must change first, the rules of both
+// families side by side, then the sets that must change after, and the
+// sets no rule uses any more.
+func (d *Dataplane) execute(ctx context.Context, p *applyPlan, tm *applyTimings) error {
+	if err := d.ipsetRestore(ctx, p.setsBefore); err != nil {
+		return err
+	}
+	tm.mark(&tm.setsBefore)
+	if err := firstError(d.restoreFamilies(ctx, p.scripts)); err != nil {
+		return fmt.Errorf("writing podwall's chains: %w", err)
+	}
+	tm.mark(&tm.chains)
+	if err := d.ipsetRestore(ctx, p.setsAfter); err != nil {
+		return err
+	}
+	if err := d.ipsetRestore(ctx, p.destroy); err != nil {
+		return err
+	}
+	tm.mark(&tm.setsAfter)
+	return nil
 }
 
 // applyTimings say where an Apply spent its time (logged at debug level).
@@ -184,39 +118,22 @@ func (t *applyTimings) mark(d *time.Duration) {
 }
 
 // currentState returns what the kernel holds: the memory of the last
-// Apply brought up to date from the journal, or, when that is not
-// possible, everything read back. Call it holding the state lock.
+// Apply while it is young enough, or everything read back. Call it holding
+// the state lock.
 func (d *Dataplane) currentState(ctx context.Context) (*kernelState, error) {
-	j, jerr := d.readJournal()
-	if st := d.state; st != nil && jerr == nil && time.Since(st.readAt) < d.maxStateAge {
-		if entries, ok := j.since(st.epoch, st.seq); ok && st.replay(entries) {
-			st.seq = j.last()
-			return st, nil
-		}
+	if st := d.state; st != nil && time.Since(st.readAt) < d.maxStateAge {
+		return st, nil
 	}
 	d.state = nil
-	st, err := d.readState(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if jerr != nil || j.epoch == "" {
-		// Start a journal, so that the next Apply can trust this read.
-		if err := d.record(opProbe, "-", false); err == nil {
-			err = d.record(opProbe, "-", true)
-		}
-		if j, jerr = d.readJournal(); jerr != nil {
-			d.log.Warn("no usable journal; every Apply reads the kernel back", "err", jerr)
-			return st, nil
-		}
-	}
-	st.epoch, st.seq = j.epoch, j.last()
-	return st, nil
+	return d.readState(ctx)
 }
 
 // writeChain adds to s what makes the kernel's chain c.Name hold c's rules
 // and fingerprint, and returns the chain's state once s is committed.
 //
-// A chain the plugin just created holds its default deny alone. Flushing
+// A chain just created without policy (the pod was attached while the
+// policy could not be compiled, or by the plugin's fallback) holds its
+// default deny alone. Flushing
 // it would make the commit delete a rule, which costs the kernel a wait
 // for an RCU grace period (~15 ms), on every pod's ADD path. Instead the
 // rules and the fingerprint are inserted ahead of the default deny, in the
@@ -225,7 +142,7 @@ func (d *Dataplane) currentState(ctx context.Context) (*kernelState, error) {
 // verdict, never reached; with no such verdict (not something Compile
 // writes) the chain is flushed and refilled as usual.
 func writeChain(s *script, c ruleset.Chain, fp string, freshDefaultDeny bool) chainState {
-	fpRule := []string{"-m", "comment", "--comment", fp}
+	fpRule := ruleset.Rule{"-m", "comment", "--comment", fp}
 	cs := chainState{n: len(c.Rules) + 1, fp: fp, sets: setsOf(c.Rules), rules: c.Rules}
 	if freshDefaultDeny && len(c.Rules) > 0 && unconditionalVerdict(c.Rules[len(c.Rules)-1]) {
 		for i, r := range c.Rules {

@@ -14,8 +14,8 @@ import (
 // The first Apply after the plugin installed a pod inserts the pod's
 // policy ahead of the plugin's default deny instead of flushing the chain
 // (a commit that deletes costs the kernel a grace period on the ADD
-// path). Whether Apply knows the fresh chain from its memory and the
-// journal or reads it back, the result is the policy, its fingerprint and
+// path). Whether Apply knows the fresh chain from its memory or reads it
+// back, the result is the policy, its fingerprint and
 // the dead default deny, which no later Apply finds out of date; a policy
 // change rewrites the chain whole.
 func TestApplyIntoFreshChainsInsertsAheadOfDefaultDeny(t *testing.T) {
@@ -36,7 +36,7 @@ spec:
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error { return d.EnsurePod(ctx, p) })
 	}
 	var agent *dataplane.Dataplane
-	agentApply := func(desired *policy.Desired) dataplane.ApplyStats {
+	agentApply := func(pods []dataplane.Pod, desired *policy.Desired) dataplane.ApplyStats {
 		t.Helper()
 		var st dataplane.ApplyStats
 		err := n.Do(func() error {
@@ -49,7 +49,7 @@ spec:
 				}
 			}
 			var err error
-			st, err = agent.Apply(ctx, desired)
+			st, err = agent.Apply(ctx, dataplane.Target{Pods: pods, Policy: desired})
 			return err
 		})
 		if err != nil {
@@ -57,12 +57,12 @@ spec:
 		}
 		return st
 	}
-	freshApply := func(desired *policy.Desired) dataplane.ApplyStats {
+	freshApply := func(pods []dataplane.Pod, desired *policy.Desired) dataplane.ApplyStats {
 		t.Helper()
 		var st dataplane.ApplyStats
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {
 			var err error
-			st, err = d.Apply(ctx, desired)
+			st, err = d.Apply(ctx, dataplane.Target{Pods: pods, Policy: desired})
 			return err
 		})
 		return st
@@ -87,16 +87,17 @@ spec:
 		}
 	}
 
-	// The agent learns of a from the journal.
-	agentApply(cl.compile(t))
+	// The agent's memory does not know a: its write fails and it reads
+	// the kernel back.
+	agentApply(nil, cl.compile(t))
 	ensure(a)
 	d1 := cl.compile(t)
-	if st := agentApply(d1); st.ChainsWritten != 4 {
+	if st := agentApply([]dataplane.Pod{a}, d1); st.ChainsWritten != 4 {
 		t.Errorf("a attached: %+v, want its 4 chains written", st)
 	}
 	wantInserted("iptables", "PODWALL-IN-AAAAAAAAAAAAAAAA", 2) // the allow, the policy's default deny
 	wantInserted("ip6tables", "PODWALL-OUT-AAAAAAAAAAAAAAAA", 1)
-	if st := freshApply(d1); !st.Unchanged {
+	if st := freshApply([]dataplane.Pod{a}, d1); !st.Unchanged {
 		t.Errorf("a's inserted chains read back as out of date: %+v", st)
 	}
 
@@ -105,15 +106,15 @@ spec:
 	cl.addPod(b, map[string]string{"app": "client"})
 	d2 := cl.compile(t)
 	agent = nil
-	if st := agentApply(d2); st.ChainsWritten != 4 || st.EntriesAdded != 1 {
+	if st := agentApply([]dataplane.Pod{a, b}, d2); st.ChainsWritten != 4 || st.EntriesAdded != 1 {
 		t.Errorf("b attached: %+v, want its 4 chains written and a's peer set grown", st)
 	}
 	wantInserted("iptables", "PODWALL-IN-BBBBBBBBBBBBBBBB", 1)
 	wantInserted("ip6tables", "PODWALL-IN-BBBBBBBBBBBBBBBB", 1)
-	if st := agentApply(d2); !st.Unchanged {
+	if st := agentApply([]dataplane.Pod{a, b}, d2); !st.Unchanged {
 		t.Errorf("the agent rewrote chains that are up to date: %+v", st)
 	}
-	if st := freshApply(d2); !st.Unchanged {
+	if st := freshApply([]dataplane.Pod{a, b}, d2); !st.Unchanged {
 		t.Errorf("b's inserted chains read back as out of date: %+v", st)
 	}
 
@@ -121,13 +122,13 @@ spec:
 	// goes with the flush.
 	cl.policies = nil
 	d3 := cl.compile(t)
-	if st := agentApply(d3); st.ChainsWritten != 1 {
+	if st := agentApply([]dataplane.Pod{a, b}, d3); st.ChainsWritten != 1 {
 		t.Errorf("policy removed: %+v, want a's IPv4 ingress chain rewritten", st)
 	}
 	if got := chain("iptables", "PODWALL-IN-AAAAAAAAAAAAAAAA"); len(got) != 2 || strings.Contains(strings.Join(got, "\n"), "podwall: default deny x/") {
 		t.Errorf("rewritten chain:\n%s", strings.Join(got, "\n"))
 	}
-	if st := freshApply(d3); !st.Unchanged {
+	if st := freshApply([]dataplane.Pod{a, b}, d3); !st.Unchanged {
 		t.Errorf("after the rewrite: %+v", st)
 	}
 }

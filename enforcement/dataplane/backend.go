@@ -41,8 +41,8 @@ func (b backend) tool(f ruleset.Family, suffix string) string {
 }
 
 // detectBackend asks `iptables -V` which backend the host's iptables uses.
-func detectBackend(ctx context.Context) (backend, error) {
-	out, err := run(ctx, nil, "iptables", "-V")
+func detectBackend(ctx context.Context, r Runner) (backend, error) {
+	out, err := runWith(ctx, r, nil, "iptables", "-V")
 	if err != nil {
 		return "", fmt.Errorf("detecting the iptables backend: %w", err)
 	}
@@ -65,7 +65,7 @@ const BackendFile = "iptables.backend"
 
 // cachedBackend detects the backend, or takes it from the cache file when
 // that describes the same iptables binary.
-func cachedBackend(ctx context.Context, stateDir string) (backend, error) {
+func cachedBackend(ctx context.Context, r Runner, stateDir string) (backend, error) {
 	id, idErr := iptablesIdentity()
 	path := filepath.Join(stateDir, BackendFile)
 	if idErr == nil {
@@ -76,7 +76,7 @@ func cachedBackend(ctx context.Context, stateDir string) (backend, error) {
 			}
 		}
 	}
-	b, err := detectBackend(ctx)
+	b, err := detectBackend(ctx, r)
 	if err != nil || idErr != nil {
 		return b, err
 	}
@@ -114,20 +114,18 @@ func iptablesIdentity() (string, error) {
 // checkNotMixed refuses a host where the backend we do not use also holds
 // filter rules: packets would be judged by both and our verdicts would not
 // be the final ones.
-func checkNotMixed(ctx context.Context, b backend) error {
+func checkNotMixed(ctx context.Context, r Runner, b backend) error {
 	for _, f := range ruleset.Families() {
 		name := b.other().tool(f, "save")
-		if _, err := lookPath(name); err != nil {
-			continue // the other backend is not even installed
-		}
 		if b.other() == backendLegacy && !legacyFilterExists(f) {
 			// Asking iptables-legacy-save would instantiate an empty legacy
 			// filter table (and its hooks) in this namespace.
 			continue
 		}
-		out, err := run(ctx, nil, name, "-t", "filter")
+		out, err := runWith(ctx, r, nil, name, "-t", "filter")
 		if err != nil {
-			// No table, or no kernel support for it: nothing there.
+			// Not installed, no table, or no kernel support for it:
+			// nothing there.
 			continue
 		}
 		if t := parseSave(string(out)); t.hasNonDefault() {

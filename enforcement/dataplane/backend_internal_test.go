@@ -13,11 +13,11 @@ import (
 func TestCachedBackend(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	want, err := detectBackend(ctx)
+	want, err := detectBackend(ctx, execRunner{})
 	if err != nil {
 		t.Fatal(err) // iptables is a dependency (make deps)
 	}
-	got, err := cachedBackend(ctx, dir)
+	got, err := cachedBackend(ctx, execRunner{}, dir)
 	if err != nil || got != want {
 		t.Fatalf("first: %q, %v; want %q", got, err, want)
 	}
@@ -35,7 +35,7 @@ func TestCachedBackend(t *testing.T) {
 	if err := os.WriteFile(path, []byte(id+" backend="+string(want.other())+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := cachedBackend(ctx, dir); got != want.other() {
+	if got, _ := cachedBackend(ctx, execRunner{}, dir); got != want.other() {
 		t.Errorf("cache not used: %q", got)
 	}
 	// ... and one for another binary, or garbage, is not.
@@ -43,7 +43,7 @@ func TestCachedBackend(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := cachedBackend(ctx, dir); err != nil || got != want {
+		if got, err := cachedBackend(ctx, execRunner{}, dir); err != nil || got != want {
 			t.Errorf("with %q: %q, %v; want %q", content, got, err, want)
 		}
 	}

@@ -20,11 +20,11 @@ const LockFile = "iptables.lock"
 
 // Dataplane programs podwall's chains and sets in the network namespace of
 // the thread that calls it. Every read-modify-write holds the state lock,
-// so plugin invocations and the agent never interleave.
+// so the agent and the plugin's fallback never interleave.
 type Dataplane struct {
 	log         *slog.Logger
-	stateDir    string
 	lockPath    string
+	runner      Runner
 	backend     backend
 	maxStateAge time.Duration
 
@@ -39,26 +39,31 @@ func New(cfg Config, log *slog.Logger) (*Dataplane, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("dataplane: no state directory")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := cachedBackend(ctx, cfg.StateDir)
+	r := execRunner{}
+	b, err := cachedBackend(ctx, r, cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkNotMixed(ctx, b); err != nil {
+	if err := checkNotMixed(ctx, r, b); err != nil {
 		return nil, err
+	}
+	return newDataplane(cfg, log, r, b), nil
+}
+
+func newDataplane(cfg Config, log *slog.Logger, r Runner, b backend) *Dataplane {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	maxAge := cfg.MaxStateAge
 	if maxAge <= 0 {
 		maxAge = DefaultMaxStateAge
 	}
-	return &Dataplane{log: log, stateDir: cfg.StateDir, lockPath: filepath.Join(cfg.StateDir, LockFile), backend: b, maxStateAge: maxAge}, nil
+	return &Dataplane{log: log, lockPath: filepath.Join(cfg.StateDir, LockFile), runner: r, backend: b, maxStateAge: maxAge}
 }
 
 // locked runs fn holding the exclusive state lock, waiting for it as long
@@ -89,27 +94,22 @@ func (d *Dataplane) locked(ctx context.Context, fn func() error) error {
 
 // save reads the filter table of one family.
 func (d *Dataplane) save(ctx context.Context, f ruleset.Family) (*table, error) {
-	out, err := run(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
+	out, err := d.run(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
 	if err != nil {
 		return nil, fmt.Errorf("reading %s filter table: %w", f, err)
 	}
 	return parseSave(string(out)), nil
 }
 
-// saveFamilies reads the filter table of both families side by side.
-func (d *Dataplane) saveFamilies(ctx context.Context) (map[ruleset.Family]*table, error) {
-	return d.startSaves(ctx)()
-}
-
 // startSaves starts reading the filter table of both families; the
-// returned function waits for the tables. The processes are forked on the
-// calling thread, in its network namespace, so the caller may do other
-// work in between.
+// returned function waits for the tables. The processes are started on
+// the calling thread, in its network namespace, so the caller may do
+// other work in between.
 func (d *Dataplane) startSaves(ctx context.Context) func() (map[ruleset.Family]*table, error) {
-	procs := map[ruleset.Family]*process{}
+	procs := map[ruleset.Family]Process{}
 	var errs []error
 	for _, f := range ruleset.Families() {
-		p, err := start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
+		p, err := d.runner.Start(ctx, nil, d.backend.tool(f, "save"), "-t", "filter")
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
 			continue
@@ -118,8 +118,12 @@ func (d *Dataplane) startSaves(ctx context.Context) func() (map[ruleset.Family]*
 	}
 	return func() (map[ruleset.Family]*table, error) {
 		tables := map[ruleset.Family]*table{}
-		for f, p := range procs {
-			out, err := p.wait()
+		for _, f := range ruleset.Families() {
+			p := procs[f]
+			if p == nil {
+				continue
+			}
+			out, err := p.Wait()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("reading %s filter table: %w", f, err))
 				continue
@@ -140,22 +144,24 @@ func (d *Dataplane) restore(ctx context.Context, f ruleset.Family, s *script) er
 // side (their tables are independent), and returns each family's error.
 func (d *Dataplane) restoreFamilies(ctx context.Context, scripts map[ruleset.Family]*script) map[ruleset.Family]error {
 	errs := map[ruleset.Family]error{}
-	procs := map[ruleset.Family]*process{}
+	procs := map[ruleset.Family]Process{}
 	for _, f := range ruleset.Families() {
 		s := scripts[f]
 		if s == nil || s.empty() {
 			continue
 		}
-		p, err := start(ctx, s.bytes(), d.backend.tool(f, "restore"), "-w", "--noflush")
+		p, err := d.runner.Start(ctx, s.bytes(), d.backend.tool(f, "restore"), "-w", "--noflush")
 		if err != nil {
 			errs[f] = fmt.Errorf("writing %s rules: %w", f, err)
 			continue
 		}
 		procs[f] = p
 	}
-	for f, p := range procs {
-		if _, err := p.wait(); err != nil {
-			errs[f] = fmt.Errorf("writing %s rules: %w\n%s", f, err, scripts[f].bytes())
+	for _, f := range ruleset.Families() {
+		if p := procs[f]; p != nil {
+			if _, err := p.Wait(); err != nil {
+				errs[f] = fmt.Errorf("writing %s rules: %w\n%s", f, err, scripts[f].bytes())
+			}
 		}
 	}
 	return errs
@@ -173,6 +179,6 @@ func firstError(errs map[ruleset.Family]error) error {
 
 // iptables runs the family's iptables command with the xtables lock.
 func (d *Dataplane) iptables(ctx context.Context, f ruleset.Family, args ...string) error {
-	_, err := run(ctx, nil, d.backend.tool(f, ""), append([]string{"-w"}, args...)...)
+	_, err := d.run(ctx, nil, d.backend.tool(f, ""), append([]string{"-w"}, args...)...)
 	return err
 }

@@ -167,10 +167,11 @@ spec:
   - to: [{podSelector: {matchLabels: {app: web}}}]
     ports: [{port: http, protocol: TCP}]
 `)
+	pods := []dataplane.Pod{a, b, c}
 	apply := func(want func(dataplane.ApplyStats) bool, desired *policy.Desired) {
 		t.Helper()
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {
-			st, err := d.Apply(ctx, desired)
+			st, err := d.Apply(ctx, dataplane.Target{Pods: pods, Policy: desired})
 			if err != nil {
 				return err
 			}
@@ -229,7 +230,7 @@ spec:
 		if err := d.RemovePod(ctx, a.Key); err != nil {
 			return err
 		}
-		st, err := d.Apply(ctx, cl.compile(t))
+		st, err := d.Apply(ctx, dataplane.Target{Pods: []dataplane.Pod{b, c}, Policy: cl.compile(t)})
 		if err != nil || !st.Unchanged {
 			t.Errorf("apply after removal: %+v %v", st, err)
 		}

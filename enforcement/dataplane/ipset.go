@@ -15,11 +15,8 @@ type kernelSet struct {
 	members map[string]string // address part -> full member ("10.1.0.0/16 nomatch")
 }
 
-func readSets(ctx context.Context) (map[string]*kernelSet, error) {
-	out, err := run(ctx, nil, "ipset", "save")
-	if err != nil {
-		return nil, fmt.Errorf("reading ipsets: %w", err)
-	}
+// parseSets reads our sets from `ipset save`.
+func parseSets(out []byte) map[string]*kernelSet {
 	sets := map[string]*kernelSet{}
 	for _, line := range strings.Split(string(out), "\n") {
 		fields := strings.Fields(line)
@@ -41,7 +38,7 @@ func readSets(ctx context.Context) (map[string]*kernelSet, error) {
 			}
 		}
 	}
-	return sets, nil
+	return sets
 }
 
 func memberKey(m string) string {
@@ -142,12 +139,12 @@ func planSets(desired []ruleset.IPSet, kernel map[string]*kernelSet) (*setPlan, 
 	return p, nil
 }
 
-func ipsetRestore(ctx context.Context, lines []string) error {
+func (d *Dataplane) ipsetRestore(ctx context.Context, lines []string) error {
 	if len(lines) == 0 {
 		return nil
 	}
 	data := []byte(strings.Join(lines, "\n") + "\n")
-	if _, err := run(ctx, data, "ipset", "restore", "-exist"); err != nil {
+	if _, err := d.run(ctx, data, "ipset", "restore", "-exist"); err != nil {
 		return fmt.Errorf("updating ipsets: %w", err)
 	}
 	return nil

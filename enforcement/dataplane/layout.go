@@ -56,12 +56,12 @@ func baseChains(f ruleset.Family) []baseChain {
 	// Neighbour discovery is link-local and comes from link-local or
 	// unspecified sources, which no dispatch rule names; without it IPv6
 	// does not work at all.
-	var antispoof, misaddressed [][]string
+	var antispoof, misaddressed []ruleset.Rule
 	if f == ruleset.IPv6 {
 		antispoof, misaddressed = neighbourDiscovery("", "RETURN"), neighbourDiscovery("", "ACCEPT")
 	}
 	return []baseChain{
-		{chainForward, [][]string{
+		{chainForward, []ruleset.Rule{
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "podwall: established", "-j", "ACCEPT"},
 			{"-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "podwall: drop invalid", "-j", "DROP"},
 			{"-j", chainEgress},
@@ -72,7 +72,7 @@ func baseChains(f ruleset.Family) []baseChain {
 		}},
 		// Node -> pod is OUTPUT and never filtered (kubelet probes); pod ->
 		// node passes the pod's egress policy here.
-		{chainInput, [][]string{
+		{chainInput, []ruleset.Rule{
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
 			{"-j", chainEgress},
 			notClaimed,
@@ -86,14 +86,14 @@ func baseChains(f ruleset.Family) []baseChain {
 
 // notClaimedRule sends what no pod's egress claimed to PODWALL-ANTISPOOF;
 // older layouts lack it.
-func notClaimedRule() []string {
-	return []string{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
+func notClaimedRule() ruleset.Rule {
+	return ruleset.Rule{"-m", "mark", "!", "--mark", markEgressPassed, "-m", "comment", "--comment",
 		"podwall: not claimed by the egress of a local pod; spoofed if from a pod interface", "-j", chainAntispoof}
 }
 
 type baseChain struct {
 	name  string
-	rules [][]string
+	rules []ruleset.Rule
 }
 
 // rewrittenWhole says whether a base chain holds only base rules, so that
@@ -147,18 +147,50 @@ func toPodIface(p Pod, negate bool) []string {
 // by chain, in order. Dispatch is by address, which the kernel compares
 // natively, so a new connection costs little however many pods the node
 // has; the interface is checked only in the pod's own chains, and on
-// traffic no address claimed. All rules carry the same comment, which
-// names everything they are built from.
-func dispatchRules(p Pod, f ruleset.Family) map[string][][]string {
+// traffic no address claimed. A bridged pod whose bridge is known needs no
+// drop of its own there: the bridge's coverage drops every port's
+// unclaimed traffic. All rules carry the same comment, which names
+// everything they are built from.
+func dispatchRules(p Pod, f ruleset.Family) map[string][]ruleset.Rule {
 	c := []string{"-m", "comment", "--comment", podComment(p)}
-	out := map[string][][]string{}
+	out := map[string][]ruleset.Rule{}
 	for _, a := range familyIPs(p, f) {
 		out[chainEgress] = append(out[chainEgress], slices.Concat([]string{"-s", hostPrefix(a)}, c, []string{"-j", fromPodChain(p.Key)}))
 		out[chainIngress] = append(out[chainIngress], slices.Concat([]string{"-d", hostPrefix(a)}, c, []string{"-j", toPodChain(p.Key)}))
 	}
-	out[chainAntispoof] = [][]string{slices.Concat(fromPodIface(p, false), c, []string{"-j", "DROP"})}
-	out[chainMisaddressed] = [][]string{slices.Concat(toPodIface(p, false), c, []string{"-j", "DROP"})}
+	if !coveredByBridge(p) {
+		out[chainAntispoof] = []ruleset.Rule{slices.Concat(fromPodIface(p, false), c, []string{"-j", "DROP"})}
+		out[chainMisaddressed] = []ruleset.Rule{slices.Concat(toPodIface(p, false), c, []string{"-j", "DROP"})}
+	}
 	return out
+}
+
+func coveredByBridge(p Pod) bool { return p.Layout == LayoutBridge && p.Bridge != "" }
+
+// bridgeCoverage drops what arrives from, or leaves through, a pod bridge
+// without a local pod's dispatch having claimed it: a port whose pod has
+// no rules yet, or a pod that spoofs its source. In FORWARD and INPUT a
+// bridge's frames, bridged or routed, carry the bridge as in- or
+// out-interface. These rules follow the neighbour-discovery exceptions.
+func bridgeCoverage(bridge string) (antispoof, misaddressed ruleset.Rule) {
+	return ruleset.Rule{"-i", bridge, "-m", "comment", "--comment", bridgeComment(bridge), "-j", "DROP"},
+		ruleset.Rule{"-o", bridge, "-m", "comment", "--comment", bridgeComment(bridge), "-j", "DROP"}
+}
+
+const bridgeCommentPrefix = "podwall bridge="
+
+func bridgeComment(bridge string) string {
+	return bridgeCommentPrefix + bridge + " unclaimed traffic of its ports"
+}
+
+// parseBridgeComment reads the bridge of a coverage rule as saved.
+func parseBridgeComment(rule string) (string, bool) {
+	_, after, ok := strings.Cut(rule, `--comment "`+bridgeCommentPrefix)
+	if !ok {
+		return "", false
+	}
+	bridge, _, ok := strings.Cut(after, " ")
+	return bridge, ok && bridge != ""
 }
 
 // sharedChains are the chains that hold dispatch rules. Those that match
@@ -169,8 +201,8 @@ var sharedChains = []string{chainEgress, chainAntispoof, chainIngress, chainMisa
 // neighbourDiscovery lets IPv6 router and neighbour discovery through,
 // ahead of policy and of the drops of undispatched pod traffic: without it
 // IPv6 does not work at all. src may be empty.
-func neighbourDiscovery(src, target string) [][]string {
-	var out [][]string
+func neighbourDiscovery(src, target string) []ruleset.Rule {
+	var out []ruleset.Rule
 	for _, t := range []string{"router-solicitation", "neighbour-solicitation", "neighbour-advertisement"} {
 		var r []string
 		if src != "" {
@@ -183,15 +215,43 @@ func neighbourDiscovery(src, target string) [][]string {
 	return out
 }
 
+// podLayout is everything of one pod in one family's filter table that
+// does not depend on policy: its "from pod" and "to pod" chains and its
+// rules in the shared chains. It is the one definition that the agent's
+// writes, the plugin's fallback, CHECK, the state read back and removal
+// all use.
+type podLayout struct {
+	from, to ruleset.Chain
+	dispatch map[string][]ruleset.Rule
+}
+
+func layoutOf(p Pod, f ruleset.Family) (podLayout, error) {
+	from, err := fromPodRules(p, f)
+	if err != nil {
+		return podLayout{}, err
+	}
+	return podLayout{
+		from:     ruleset.Chain{Family: f, Name: fromPodChain(p.Key), Pod: ruleset.Ref{Namespace: p.Namespace, Name: p.Name}, Direction: ruleset.Egress, Rules: from},
+		to:       ruleset.Chain{Family: f, Name: toPodChain(p.Key), Pod: ruleset.Ref{Namespace: p.Namespace, Name: p.Name}, Direction: ruleset.Ingress, Rules: toPodRules(p, f)},
+		dispatch: dispatchRules(p, f),
+	}, nil
+}
+
+// podChainNames are the four chains of a key.
+func podChainNames(key string) []string {
+	in, out := policyChains(key)
+	return []string{fromPodChain(key), toPodChain(key), in, out}
+}
+
 // fromPodRules is the static "from pod" chain of one family. Traffic
 // reaches it by its source address; it must also come from the pod's
 // interface (anti-spoofing).
-func fromPodRules(p Pod, f ruleset.Family) ([][]string, error) {
+func fromPodRules(p Pod, f ruleset.Family) ([]ruleset.Rule, error) {
 	ips := familyIPs(p, f)
-	rules := [][]string{{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}}
+	rules := []ruleset.Rule{{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}}
 	switch len(ips) {
 	case 0:
-		return append(rules, []string{"-m", "comment", "--comment",
+		return append(rules, ruleset.Rule{"-m", "comment", "--comment",
 			fmt.Sprintf("podwall: %s has no %s address, drop all", podRef(p), f), "-j", "DROP"}), nil
 	case 1:
 	default:
@@ -204,27 +264,27 @@ func fromPodRules(p Pod, f ruleset.Family) ([][]string, error) {
 	}
 	_, out := policyChains(p.Key)
 	return append(rules,
-		[]string{"-j", out},
-		[]string{"-j", "MARK", "--set-xmark", markEgressPassed},
+		ruleset.Rule{"-j", out},
+		ruleset.Rule{"-j", "MARK", "--set-xmark", markEgressPassed},
 	), nil
 }
 
 // toPodRules is the static "to pod" chain of one family. Traffic reaches
 // it by its destination address; bridged, it must also leave through the
 // pod's port.
-func toPodRules(p Pod, f ruleset.Family) [][]string {
+func toPodRules(p Pod, f ruleset.Family) []ruleset.Rule {
 	ips := familyIPs(p, f)
 	if len(ips) == 0 {
-		return [][]string{{"-m", "comment", "--comment",
+		return []ruleset.Rule{{"-m", "comment", "--comment",
 			fmt.Sprintf("podwall: %s has no %s address, drop all", podRef(p), f), "-j", "DROP"}}
 	}
-	rules := [][]string{slices.Concat(toPodIface(p, true), []string{"-m", "comment", "--comment",
+	rules := []ruleset.Rule{slices.Concat(toPodIface(p, true), []string{"-m", "comment", "--comment",
 		fmt.Sprintf("podwall: %s reaches %s only through %s", ips[0], podRef(p), p.HostIface), "-j", "DROP"})}
 	if f == ruleset.IPv6 {
 		rules = append(rules, neighbourDiscovery("", "ACCEPT")...)
 	}
 	in, _ := policyChains(p.Key)
-	return append(rules, []string{"-j", in}, []string{"-j", "ACCEPT"})
+	return append(rules, ruleset.Rule{"-j", in}, ruleset.Rule{"-j", "ACCEPT"})
 }
 
 func defaultDenyRule(p Pod) []string {
@@ -249,8 +309,12 @@ func podComment(p Pod) string {
 		ips[i] = a.String()
 	}
 	format := func(cid, name string) string {
-		return fmt.Sprintf("podwall pod=%s/%s key=%s net=%s cid=%s if=%s ips=%s dev=%s layout=%s",
+		c := fmt.Sprintf("podwall pod=%s/%s key=%s net=%s cid=%s if=%s ips=%s dev=%s layout=%s",
 			p.Namespace, name, p.Key, p.Network, cid, p.IfName, strings.Join(ips, ","), p.HostIface, p.Layout)
+		if p.Bridge != "" {
+			c += " br=" + p.Bridge
+		}
+		return c
 	}
 	c := format(p.ContainerID, p.Name)
 	if len(c) <= maxComment {
@@ -306,10 +370,15 @@ func parsePodComment(rule string) (Pod, bool) {
 			p.HostIface = v
 		case "layout":
 			p.Layout = Layout(v)
+		case "br":
+			p.Bridge = v
 		}
 	}
 	return p, ruleset.ValidateChainKey(p.Key) == nil
 }
+
+// ValidatePod says whether the dataplane can write the pod's rules.
+func ValidatePod(p Pod) error { return validatePod(p) }
 
 func validatePod(p Pod) error {
 	if err := ruleset.ValidateChainKey(p.Key); err != nil {
@@ -320,6 +389,12 @@ func validatePod(p Pod) error {
 	}
 	if p.Layout != LayoutBridge && p.Layout != LayoutRouted {
 		return fmt.Errorf("pod %s: unknown layout %q", podRef(p), p.Layout)
+	}
+	if p.Bridge != "" && (p.Layout != LayoutBridge || strings.ContainsAny(p.Bridge, " \t\"\\")) {
+		return fmt.Errorf("pod %s: invalid bridge %q", podRef(p), p.Bridge)
+	}
+	if len(p.IPs) == 0 {
+		return fmt.Errorf("pod %s: no address", podRef(p))
 	}
 	for _, s := range []string{p.Namespace, p.Name, p.Network, p.ContainerID, p.IfName} {
 		if strings.ContainsAny(s, " \t\"\\") {

@@ -14,29 +14,27 @@ import (
 // (set, physdev, conntrack, comment, multiport, mark) load. It creates a
 // throwaway chain and set with such rules and removes them again.
 func (d *Dataplane) Probe(ctx context.Context) error {
-	if err := checkNotMixed(ctx, d.backend); err != nil {
+	if err := checkNotMixed(ctx, d.runner, d.backend); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("%sPROBE-%d", chainPrefix, os.Getpid())
 	if len(name) > 28 {
 		name = name[:28]
 	}
-	return d.locked(ctx, func() error {
-		return d.journaled(opProbe, "-", func() error { return d.probe(ctx, name) })
-	})
+	return d.locked(ctx, func() error { return d.probe(ctx, name) })
 }
 
 func (d *Dataplane) probe(ctx context.Context, name string) error {
 	var errs []error
 	for _, f := range ruleset.Families() {
 		set := fmt.Sprintf("%sPROBE%s-%d", chainPrefix, f.String()[3:], os.Getpid())
-		if err := ipsetRestore(ctx, []string{fmt.Sprintf("create %s hash:ip family %s", set, string(f))}); err != nil {
+		if err := d.ipsetRestore(ctx, []string{fmt.Sprintf("create %s hash:ip family %s", set, string(f))}); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		create := &script{}
 		create.declare(name)
-		rules := [][]string{
+		rules := []ruleset.Rule{
 			{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"},
 			{"-m", "physdev", "--physdev-in", "podwallprobe0", "-j", "RETURN"},
 			{"-m", "physdev", "--physdev-out", "podwallprobe0", "--physdev-is-bridged", "-j", "RETURN"},
@@ -53,13 +51,13 @@ func (d *Dataplane) probe(ctx context.Context, name string) error {
 		err := d.restore(ctx, f, create)
 		remove := &script{}
 		remove.declare(name)
-		remove.raw("-X " + name)
+		remove.remove(name)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s matches unusable: %w", f, err))
 		} else if err := d.restore(ctx, f, remove); err != nil {
 			errs = append(errs, err)
 		}
-		if err := ipsetRestore(ctx, []string{"destroy " + set}); err != nil {
+		if err := d.ipsetRestore(ctx, []string{"destroy " + set}); err != nil {
 			errs = append(errs, err)
 		}
 	}

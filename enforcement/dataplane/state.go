@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -11,27 +12,72 @@ import (
 )
 
 // DefaultMaxStateAge bounds how long Apply trusts its memory of the kernel
-// without reading the tables back, so that a chain or set changed by hand
-// (which the journal cannot know of) is repaired at the latest by the
-// first Apply after that long.
+// without reading the tables back, so that a chain or set changed by
+// someone else is repaired at the latest by the first Apply after that
+// long. Any failed write also makes the next Apply read everything.
 const DefaultMaxStateAge = 30 * time.Second
 
-// kernelState is what Apply knows of podwall's chains and sets in the
-// kernel: read back whole, then kept up to date from what Apply writes and
-// what the journal says plugin invocations did.
+// kernelState is what the dataplane knows of podwall's chains and sets in
+// the kernel: read back whole, then kept up to date from what Apply
+// writes.
 type kernelState struct {
-	epoch  string // of the journal, when this was last current
-	seq    uint64 // the journal's last entry accounted for
 	readAt time.Time
-	chains map[ruleset.Family]map[string]chainState // our chains only
+	tables map[ruleset.Family]*tableState
 	sets   map[string]*kernelSet
+}
+
+// tableState is one family's filter table, as far as podwall owns it.
+type tableState struct {
+	chains map[string]chainState // our chains only
+	// dispatch holds each pod's rules in the shared chains, by chain and
+	// key, spelt so that "-D <chain> <rule>" deletes them.
+	dispatch map[string]map[string][]string
+	// pods are the identities the dispatch comments carry, by key.
+	pods map[string]Pod
+	// bridges whose ports are covered (bridgeCoverage), in both
+	// PODWALL-ANTISPOOF and PODWALL-MISADDRESSED.
+	bridges map[string]bool
+	// jumps holds the jump rules from the built-in chains into ours, as
+	// saved, by built-in chain.
+	jumps map[string][]string
+	// baseCurrent: PODWALL-FORWARD and PODWALL-INPUT hold this layout's
+	// rules.
+	baseCurrent map[string]bool
+}
+
+func newTableState() *tableState {
+	return &tableState{chains: map[string]chainState{}, dispatch: map[string]map[string][]string{},
+		pods: map[string]Pod{}, bridges: map[string]bool{}, jumps: map[string][]string{}, baseCurrent: map[string]bool{}}
+}
+
+// podKeys lists the keys that have a "from pod" chain: the pods of this
+// family's table.
+func (ts *tableState) podKeys() []string {
+	var out []string
+	for name := range ts.chains {
+		if key, ok := strings.CutPrefix(name, chainPrefix+"F-"); ok {
+			out = append(out, key)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// hasPods reports whether any chain of a pod (not a base chain) exists.
+func (ts *tableState) hasPodChains() bool {
+	for name := range ts.chains {
+		if !isBaseChain(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // chainState is what Apply needs of a chain: whether it exists, its
 // length, the rule that carries its fingerprint and the sets its rules use.
-// A policy chain Apply wrote is its rules then the fingerprint; one it
-// wrote into the plugin's fresh chain (see Apply) keeps the plugin's
-// default deny after them, which is never reached.
+// A chain Apply wrote is its rules then the fingerprint; a policy chain
+// written into the plugin's fresh chain (see writeChain) keeps the
+// plugin's default deny after them, which is never reached.
 type chainState struct {
 	n int
 	// fp is the rule that carries the fingerprint when the chain is up to
@@ -41,8 +87,7 @@ type chainState struct {
 	denyTail bool
 	sets     []string
 	// rules, when known, are the rules the fingerprint was last found or
-	// written for. Comparing them costs less than hashing them again:
-	// unchanged rules of successive compilations share their strings.
+	// written for. Comparing them costs less than hashing them again.
 	rules []ruleset.Rule
 }
 
@@ -59,12 +104,26 @@ func (c chainState) hasFingerprint(fp string, rules int) bool {
 	return c.n == want && strings.Contains(c.fp, fp)
 }
 
-// onlyDefaultDeny reports a policy chain as the plugin creates it: its
-// default deny alone.
+// upToDate reports whether the chain holds c's rules, by content when
+// they are remembered, else by fingerprint; it returns the state to
+// remember.
+func (c chainState) upToDate(want ruleset.Chain) (chainState, bool) {
+	if c.holds(want.Rules) {
+		return c, true
+	}
+	if c.hasFingerprint(fingerprint(want), len(want.Rules)) {
+		c.rules = want.Rules
+		return c, true
+	}
+	return c, false
+}
+
+// onlyDefaultDeny reports a policy chain as a pod's creation leaves it
+// without policy: its default deny alone.
 func (c chainState) onlyDefaultDeny() bool { return c.n == 1 && c.denyTail }
 
-// defaultDenyPrefix and defaultDenySuffix frame the plugin's default deny
-// rule (defaultDenyRule) as iptables-save prints it.
+// defaultDenyPrefix and defaultDenySuffix frame the default deny rule
+// (defaultDenyRule) as iptables-save prints it.
 const (
 	defaultDenyPrefix = `-m comment --comment "podwall: default deny `
 	defaultDenySuffix = `" -j DROP`
@@ -81,19 +140,71 @@ func isDefaultDeny(saved string) bool {
 
 // readState reads podwall's chains and sets back from the kernel.
 func (d *Dataplane) readState(ctx context.Context) (*kernelState, error) {
-	st := &kernelState{readAt: time.Now(), chains: map[ruleset.Family]map[string]chainState{}}
 	// The three reads are independent: side by side.
 	waitTables := d.startSaves(ctx)
-	sets, setsErr := readSets(ctx)
+	setsOut, setsErr := d.run(ctx, nil, "ipset", "save")
 	tables, tablesErr := waitTables()
 	if err := errors.Join(tablesErr, setsErr); err != nil {
 		return nil, err
 	}
-	for f, t := range tables {
-		st.chains[f] = chainStates(t)
+	return stateOf(tables, parseSets(setsOut)), nil
+}
+
+// stateOf builds the state from what iptables-save and ipset save print.
+func stateOf(tables map[ruleset.Family]*table, sets map[string]*kernelSet) *kernelState {
+	st := &kernelState{readAt: time.Now(), tables: map[ruleset.Family]*tableState{}, sets: sets}
+	for _, f := range ruleset.Families() {
+		t := tables[f]
+		if t == nil {
+			t = &table{chains: map[string]*savedChain{}}
+		}
+		st.tables[f] = tableStateOf(t, f)
 	}
-	st.sets = sets
-	return st, nil
+	return st
+}
+
+func tableStateOf(t *table, f ruleset.Family) *tableState {
+	ts := newTableState()
+	ts.chains = chainStates(t)
+	for _, chain := range sharedChains {
+		for _, r := range t.rules(chain) {
+			if p, ok := parsePodComment(r); ok {
+				byKey := ts.dispatch[chain]
+				if byKey == nil {
+					byKey = map[string][]string{}
+					ts.dispatch[chain] = byKey
+				}
+				byKey[p.Key] = append(byKey[p.Key], r)
+				if _, seen := ts.pods[p.Key]; !seen {
+					ts.pods[p.Key] = p
+				}
+			}
+		}
+	}
+	covered := map[string]int{}
+	for _, chain := range []string{chainAntispoof, chainMisaddressed} {
+		for _, r := range t.rules(chain) {
+			if br, ok := parseBridgeComment(r); ok {
+				covered[br]++
+			}
+		}
+	}
+	for br, n := range covered {
+		ts.bridges[br] = n >= 2
+	}
+	for _, j := range baseJumps {
+		for _, r := range t.rules(j.builtin) {
+			if isJumpTo(j.args[len(j.args)-1])(r) {
+				ts.jumps[j.builtin] = append(ts.jumps[j.builtin], r)
+			}
+		}
+	}
+	for _, c := range baseChains(f) {
+		if rewrittenWhole(c.name) && t.has(c.name) {
+			ts.baseCurrent[c.name] = sameRules(t.rules(c.name), c.rules)
+		}
+	}
+	return ts
 }
 
 func chainStates(t *table) map[string]chainState {
@@ -119,48 +230,42 @@ func chainStates(t *table) map[string]chainState {
 	return out
 }
 
-// replay brings the state up to date with journal entries of plugin
-// invocations. Each change must appear as its begin entry directly
-// followed by its done entry (writers hold the lock from one to the
-// other); false when anything cannot be accounted for, such as a change
-// begun by a writer that died before it was done.
-func (st *kernelState) replay(entries []journalEntry) bool {
-	if len(entries)%2 != 0 {
+// sameRules compares saved rules with wanted ones by count and by the
+// jump targets and comments, which is what tells the layouts apart
+// (iptables-save respells matches).
+func sameRules(saved []string, want []ruleset.Rule) bool {
+	if len(saved) != len(want) {
 		return false
 	}
-	for i := 0; i < len(entries); i += 2 {
-		b, e := entries[i], entries[i+1]
-		if b.done || !e.done || b.op != e.op || b.key != e.key {
-			return false
-		}
-		if e.op == opProbe {
-			continue // the throwaway chain and set are gone again
-		}
-		if ruleset.ValidateChainKey(e.key) != nil {
-			return false
-		}
-		in, out := policyChains(e.key)
-		switch e.op {
-		case opEnsure:
-			for _, f := range ruleset.Families() {
-				c := st.chains[f]
-				c[fromPodChain(e.key)] = chainState{}
-				c[toPodChain(e.key)] = chainState{}
-				for _, name := range []string{in, out} {
-					if _, ok := c[name]; !ok {
-						c[name] = chainState{n: 1, denyTail: true} // the plugin's default deny
-					}
-				}
+	for i, w := range want {
+		for j, a := range w {
+			if (a == "-j" || a == "--comment") && j+1 < len(w) && !strings.Contains(saved[i], w[j+1]) {
+				return false
 			}
-		case opRemove:
-			for _, f := range ruleset.Families() {
-				for _, name := range []string{fromPodChain(e.key), toPodChain(e.key), in, out} {
-					delete(st.chains[f], name)
-				}
-			}
-		default:
-			return false
 		}
 	}
 	return true
+}
+
+func isJumpTo(chain string) func(string) bool {
+	return func(rule string) bool { return strings.HasSuffix(rule, "-j "+chain) }
+}
+
+func isBaseChain(name string) bool {
+	switch name {
+	case chainForward, chainInput, chainEgress, chainIngress, chainAntispoof, chainMisaddressed:
+		return true
+	}
+	return false
+}
+
+// clone copies the table state deeply enough that planning on the copy
+// never changes the original.
+func (ts *tableState) clone() *tableState {
+	c := &tableState{chains: maps.Clone(ts.chains), dispatch: map[string]map[string][]string{}, pods: maps.Clone(ts.pods),
+		bridges: maps.Clone(ts.bridges), jumps: maps.Clone(ts.jumps), baseCurrent: maps.Clone(ts.baseCurrent)}
+	for chain, byKey := range ts.dispatch {
+		c.dispatch[chain] = maps.Clone(byKey)
+	}
+	return c
 }
