@@ -133,10 +133,10 @@ func New(cfg Config) (*Agent, error) {
 		cfg.ApplyTimeout = time.Minute
 	}
 	a := &Agent{
-		cfg:     cfg,
-		mode:    mode,
-		log:     cfg.Log,
-		wake:    make(chan struct{}, 1),
+		cfg:      cfg,
+		mode:     mode,
+		log:      cfg.Log,
+		wake:     make(chan struct{}, 1),
 		reg:      newRegistry(),
 		applied:  map[string]uint64{},
 		removing: map[string]bool{},

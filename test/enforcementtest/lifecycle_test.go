@@ -47,14 +47,14 @@ func TestSpoofedSourceDropped(t *testing.T) {
 		}
 		a.MustRun(t, "ip", "addr", "del", spoofed.String()+"/32", "dev", "eth0")
 	}
-	// The two rules that drop them: a's entry in PODWALL-ANTISPOOF (what
-	// no dispatch rule claimed) and the interface check in c's from-pod
-	// chain (what came to it by c's address).
+	// The two rules that drop them: the bridge's entry in
+	// PODWALL-ANTISPOOF (what no dispatch rule claimed) and the interface
+	// check in c's from-pod chain (what came to it by c's address).
 	e.deleteRulesMatching("iptables", "PODWALL-F-"+key(c), "anti-spoofing")
 	if err := e.nw.Check(ctxFor(t, time.Minute), c); err == nil || !strings.Contains(err.Error(), "anti-spoofing") {
 		t.Errorf("CHECK after removing the interface check: %v", err)
 	}
-	e.deleteRulesMatching("iptables", "PODWALL-ANTISPOOF", " key="+key(a)+" ")
+	e.deleteRulesMatching("iptables", "PODWALL-ANTISPOOF", "podwall bridge=")
 	if err := e.nw.Check(ctxFor(t, time.Minute), a); err == nil || !strings.Contains(err.Error(), "anti-spoofing") {
 		t.Errorf("CHECK after removing anti-spoofing: %v", err)
 	}
@@ -145,7 +145,8 @@ func TestGCRemovesOrphans(t *testing.T) {
 	orphan, _ := e.add("orphan")
 	// An attachment of another network on the same node is not ours to GC.
 	foreign := dataplane.Pod{Key: policy.ChainKey("othernet", "cid", "eth0"), Network: "othernet", ContainerID: "cid",
-		IfName: "eth0", Namespace: "y", Name: "f", HostIface: "vethforeign", Layout: dataplane.LayoutRouted}
+		IfName: "eth0", Namespace: "y", Name: "f", HostIface: "vethforeign", Layout: dataplane.LayoutRouted,
+		IPs: []netip.Addr{netip.MustParseAddr("100.64.53.250")}}
 	e.withDataplane(func(ctx context.Context, d *dataplane.Dataplane) error { return d.EnsurePod(ctx, foreign) })
 	// A runtime that lost its cache: the orphan is unknown to libcni, so
 	// only podwall's own GC can find it.
