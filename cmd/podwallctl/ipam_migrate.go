@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -17,10 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podwall/podwall/ipam"
-	"github.com/podwall/podwall/ipam/filestore"
+	"github.com/podwall/podwall/ipam/datadir"
 	"github.com/podwall/podwall/ipam/migrate"
-	"github.com/podwall/podwall/ipam/nodecidrs"
 	"github.com/podwall/podwall/ipam/report"
 )
 
@@ -138,7 +135,7 @@ func (a *app) drainingRanges(o migrateOptions) ([]netip.Prefix, string, int) {
 		}
 		return report.DrainingRanges(loaded.Config), o.configFile, exitOK
 	}
-	dirs, warnings, err := findNetworkDirs(o.dataDir, nil)
+	nets, warnings, err := datadir.Find(o.dataDir, "")
 	if err != nil {
 		fmt.Fprintf(a.stderr, "podwallctl: %v\n", err)
 		return nil, "", exitUsage
@@ -147,10 +144,14 @@ func (a *app) drainingRanges(o migrateOptions) ([]netip.Prefix, string, int) {
 		fmt.Fprintf(a.stderr, "warning: %s\n", w)
 	}
 	var lists [][]netip.Prefix
-	for _, d := range dirs {
-		cfg, code := a.networkConfig(d)
-		if code != exitOK {
-			return nil, "", code
+	for _, n := range nets {
+		cfg, warning, err := datadir.LastConfig(n)
+		if err != nil {
+			fmt.Fprintf(a.stderr, "podwallctl: %v\n", err)
+			return nil, "", exitFailed
+		}
+		if warning != "" {
+			fmt.Fprintf(a.stderr, "warning: %s\n", warning)
 		}
 		if cfg != nil {
 			lists = append(lists, report.DrainingRanges(cfg))
@@ -225,28 +226,6 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("API server client: %w", err)
 	}
 	return client, nil
-}
-
-// networkConfig is the configuration podwall-ipam last ran with for the
-// network of d, "node" ranges resolved; nil (with a warning) before the
-// network's first ADD, when it has no address to move yet.
-func (a *app) networkConfig(d networkDir) (*ipam.Config, int) {
-	st, err := filestore.OpenExisting(d.path, slog.New(slog.DiscardHandler))
-	if err != nil {
-		fmt.Fprintf(a.stderr, "podwallctl: network %s: %v\n", d.name, err)
-		return nil, exitFailed
-	}
-	cfg, warning := snapshotConfig(st, d.name)
-	if cfg == nil {
-		fmt.Fprintf(a.stderr, "warning: %s\n", warning)
-		return nil, exitOK
-	}
-	resolved, err := nodecidrs.Resolve(cfg)
-	if err != nil {
-		fmt.Fprintf(a.stderr, "podwallctl: network %s: the Node's podCIDRs are unknown: %s\n", d.name, cniMessage(err))
-		return nil, exitFailed
-	}
-	return resolved, exitOK
 }
 
 // reportEvictions prints the summary and returns the exit status: failed
