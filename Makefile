@@ -12,7 +12,8 @@ REFERENCE_PLUGINS := \
 	github.com/containernetworking/plugins/plugins/main/ptp \
 	github.com/containernetworking/plugins/plugins/ipam/host-local \
 	github.com/containernetworking/plugins/plugins/main/loopback \
-	github.com/containernetworking/plugins/plugins/meta/portmap
+	github.com/containernetworking/plugins/plugins/meta/portmap \
+	github.com/containernetworking/plugins/plugins/meta/firewall
 
 export PODWALL_BIN_DIR := $(BIN_DIR)
 # ip, iptables and friends live in sbin, which a non-login PATH may lack.

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -310,9 +309,3 @@ func (o object) encode() ([]byte, error) {
 	out.WriteByte('\n')
 	return out.Bytes(), nil
 }
-
-// The CNI spec's network names; Linux's interface names.
-var (
-	networkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
-	linkName    = regexp.MustCompile(`^[^/:\s]{1,15}$`)
-)

@@ -5,7 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"regexp"
+
+	"github.com/podwall/podwall/ipam"
 )
+
+// linkName is Linux's rule for interface names, the bridge's.
+var linkName = regexp.MustCompile(`^[^/:\s]{1,15}$`)
 
 // OwnOptions describe podwall's own conflist.
 type OwnOptions struct {
@@ -33,8 +39,8 @@ const DefaultOwnCNIVersion = "1.0.0"
 // OwnConflist builds a complete conflist: bridge with podwall-ipam, then
 // podwall, then portmap for hostPorts. Same options, same bytes.
 func OwnConflist(o OwnOptions) ([]byte, error) {
-	if !networkName.MatchString(o.Network) {
-		return nil, fmt.Errorf("invalid network name %q: use letters, digits, '_', '.' and '-'", o.Network)
+	if err := ipam.ValidateNetworkName(o.Network); err != nil {
+		return nil, err
 	}
 	if !linkName.MatchString(o.Bridge) {
 		return nil, fmt.Errorf("invalid bridge name %q: 1 to 15 characters, no '/', ':' or blanks", o.Bridge)

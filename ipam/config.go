@@ -131,8 +131,19 @@ type netConf struct {
 // The reference bridge plugin's device when its config names none.
 const defaultBridgeName = "cni0"
 
-// Network names become directory names; the CNI spec allows only these characters.
+// Network names become directory names; the CNI spec allows only these
+// characters, which also rule out "." and "..".
 var networkNamePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// ValidateNetworkName applies the CNI spec's rule for network names, which
+// podwall-ipam relies on to use the name as a directory under dataDir. It is
+// the one definition: podwallctl install builds conflists with it too.
+func ValidateNetworkName(name string) error {
+	if !networkNamePattern.MatchString(name) {
+		return fmt.Errorf("invalid network name %q: use letters, digits, '_', '.' and '-'", name)
+	}
+	return nil
+}
 
 func invalidConfig(format string, args ...any) *types.Error {
 	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, args...), "")
@@ -145,8 +156,8 @@ func ParseConfig(stdin []byte) (*Config, error) {
 	if err := json.Unmarshal(stdin, &nc); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("cannot decode network configuration: %v", err), "")
 	}
-	if !networkNamePattern.MatchString(nc.Name) || nc.Name == "." || nc.Name == ".." {
-		return nil, invalidConfig("invalid network name %q: use letters, digits, '_', '.' and '-'", nc.Name)
+	if err := ValidateNetworkName(nc.Name); err != nil {
+		return nil, invalidConfig("%v", err)
 	}
 	if len(nc.IPAM) == 0 || string(nc.IPAM) == "null" {
 		return nil, invalidConfig("network %q has no ipam section", nc.Name)

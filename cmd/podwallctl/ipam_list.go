@@ -1,17 +1,12 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
-	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 
 	"github.com/podwall/podwall/ipam"
-	"github.com/podwall/podwall/ipam/filestore"
+	"github.com/podwall/podwall/ipam/datadir"
 	"github.com/podwall/podwall/ipam/report"
 )
 
@@ -36,11 +31,16 @@ func (a *app) ipamList(flags *flag.FlagSet, args []string) int {
 		}
 	}
 
-	dirs, warnings, err := findNetworkDirs(*dataDir, override)
+	var wanted string
+	var ranges *ipam.Config
+	if override != nil {
+		wanted, ranges = override.Network, override.Config
+	}
+	nets, warnings, err := datadir.Find(*dataDir, wanted)
 	if err != nil {
 		return a.fail("%v", err)
 	}
-	stores, moreWarnings, failures := readNetworkStores(dirs, override)
+	stores, moreWarnings, failures := datadir.ReadStores(nets, ranges)
 	warnings = append(warnings, moreWarnings...)
 	if err := a.addForeignRoutes(stores); err != nil {
 		// A listing that cannot tell foreign-route apart would call such
@@ -68,115 +68,6 @@ func (a *app) ipamList(flags *flag.FlagSet, args []string) int {
 		return exitFailed
 	}
 	return exitOK
-}
-
-type networkDir struct {
-	name, path string
-}
-
-// findNetworkDirs resolves DIR, which is either the dataDir or one network's
-// directory. A config naming a network narrows a dataDir to that network.
-// Nothing is created: podwallctl must be harmless on a live node.
-func findNetworkDirs(dir string, override *report.LoadedConfig) ([]networkDir, []string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("data dir %s: %w", dir, err)
-	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, nil, fmt.Errorf("data dir %s is not a directory", dir)
-	}
-	wanted := ""
-	if override != nil {
-		wanted = override.Network
-	}
-	var warnings []string
-	if filestore.IsNetworkDir(abs) {
-		name := filepath.Base(abs)
-		if wanted != "" && wanted != name {
-			warnings = append(warnings, fmt.Sprintf("%s is the directory of network %q but the configuration is for network %q; using its ranges anyway", dir, name, wanted))
-		}
-		return []networkDir{{name: name, path: abs}}, warnings, nil
-	}
-	entries, err := os.ReadDir(abs)
-	if err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
-	}
-	var dirs []networkDir
-	for _, e := range entries {
-		path := filepath.Join(abs, e.Name())
-		if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
-			continue
-		}
-		if wanted != "" && e.Name() != wanted {
-			continue
-		}
-		if !filestore.IsNetworkDir(path) {
-			warnings = append(warnings, fmt.Sprintf("%s is not a podwall-ipam network directory; skipped", path))
-			continue
-		}
-		dirs = append(dirs, networkDir{name: e.Name(), path: path})
-	}
-	switch {
-	case wanted != "" && len(dirs) == 0:
-		warnings = append(warnings, fmt.Sprintf("no directory for network %q under %s", wanted, dir))
-	case len(dirs) == 0:
-		warnings = append(warnings, fmt.Sprintf("no podwall-ipam network directory under %s", dir))
-	}
-	return dirs, warnings, nil
-}
-
-// readNetworkStores scans each network's store without its lock: a listing
-// must never hold up the kubelet, and each file is replaced atomically, so
-// what is read is always whole. A network that cannot be read is reported
-// in failures and the others are still listed.
-func readNetworkStores(dirs []networkDir, override *report.LoadedConfig) (stores []report.NetworkStore, warnings, failures []string) {
-	// The scan's own problems are reported once, through the listing.
-	quiet := slog.New(slog.DiscardHandler)
-	for _, d := range dirs {
-		st, err := filestore.OpenExisting(d.path, quiet)
-		if err != nil {
-			failures = append(failures, fmt.Sprintf("network %s: %v", d.name, err))
-			continue
-		}
-		scan, err := st.Scan()
-		if err != nil {
-			failures = append(failures, fmt.Sprintf("network %s: reading %s: %v", d.name, d.path, err))
-			continue
-		}
-		ns := report.NetworkStore{Network: d.name, Scan: scan}
-		if override != nil {
-			ns.Config = override.Config
-		} else {
-			var warning string
-			ns.Config, warning = snapshotConfig(st, d.name)
-			if warning != "" {
-				warnings = append(warnings, warning)
-			}
-		}
-		stores = append(stores, ns)
-	}
-	return stores, warnings, failures
-}
-
-// snapshotConfig returns the configuration podwall-ipam last ran with for the
-// network, or a warning saying why the ranges are unknown.
-func snapshotConfig(st *filestore.Store, network string) (*ipam.Config, string) {
-	data, err := st.Snapshot()
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Sprintf("network %s: no %s yet (written on the first ADD); ranges unknown, pass --config", network, filestore.SnapshotFile)
-	}
-	if err != nil {
-		return nil, fmt.Sprintf("network %s: reading %s: %v; ranges unknown, pass --config", network, filestore.SnapshotFile, err)
-	}
-	cfg, err := ipam.ParseIPAM(data)
-	if err != nil {
-		return nil, fmt.Sprintf("network %s: %s is invalid: %s; ranges unknown, pass --config", network, filestore.SnapshotFile, cniMessage(err))
-	}
-	return cfg, ""
 }
 
 // addForeignRoutes reads the node's routes once for all networks and gives

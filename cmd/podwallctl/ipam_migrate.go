@@ -5,8 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -15,15 +13,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podwall/podwall/ipam"
-	"github.com/podwall/podwall/ipam/filestore"
-	"github.com/podwall/podwall/ipam/nodecidrs"
+	"github.com/podwall/podwall/ipam/datadir"
+	"github.com/podwall/podwall/ipam/migrate"
 	"github.com/podwall/podwall/ipam/report"
 )
 
@@ -38,8 +32,6 @@ const (
 		"never (restart them on the node). The draining ranges come from FILE, or from\n" +
 		"the config.json of each network in DIR (as of its last ADD). Exit 1 when a pod\n" +
 		"could not be evicted."
-	// listPageSize bounds each list call on a node with many pods.
-	listPageSize = 500
 )
 
 type migrateOptions struct {
@@ -105,9 +97,9 @@ func (a *app) ipamMigrate(fs *flag.FlagSet, args []string) int {
 // migrate selects the node's pods inside the draining ranges, then lists
 // them (dry run) or evicts them.
 func (a *app) migrate(ctx context.Context, client kubernetes.Interface, o migrateOptions, draining []netip.Prefix) int {
-	pods, err := nodePods(ctx, client, o.node)
+	pods, err := migrate.NodePods(ctx, client, o.node)
 	if err != nil {
-		return a.fail("listing the pods of node %s: %v", o.node, err)
+		return a.fail("%v", err)
 	}
 	candidates := report.PodsToMigrate(draining, pods)
 	fmt.Fprintf(a.stdout, "draining ranges: %s\n", joinPrefixes(draining))
@@ -123,15 +115,14 @@ func (a *app) migrate(ctx context.Context, client kubernetes.Interface, o migrat
 		fmt.Fprintln(a.stdout, "dry run: pass --evict to evict them")
 		return exitOK
 	}
-	e := newEvictor(client, o.maxUnavailable, o.timeout, a.stdout)
-	if o.firstBackoff > 0 {
-		e.firstBackoff = o.firstBackoff
-	}
-	if o.pollInterval > 0 {
-		e.pollInterval = o.pollInterval
-	}
-	results := e.run(ctx, candidates, o.force)
-	return a.reportEvictions(results)
+	e := migrate.NewEvictor(client, migrate.Options{
+		MaxInFlight:  o.maxUnavailable,
+		Timeout:      o.timeout,
+		FirstBackoff: o.firstBackoff,
+		PollInterval: o.pollInterval,
+		Progress:     a.stdout,
+	})
+	return a.reportEvictions(e.Run(ctx, candidates, o.force))
 }
 
 // drainingRanges reads the draining ranges from the configuration file or
@@ -144,7 +135,7 @@ func (a *app) drainingRanges(o migrateOptions) ([]netip.Prefix, string, int) {
 		}
 		return report.DrainingRanges(loaded.Config), o.configFile, exitOK
 	}
-	dirs, warnings, err := findNetworkDirs(o.dataDir, nil)
+	nets, warnings, err := datadir.Find(o.dataDir, "")
 	if err != nil {
 		fmt.Fprintf(a.stderr, "podwallctl: %v\n", err)
 		return nil, "", exitUsage
@@ -153,67 +144,20 @@ func (a *app) drainingRanges(o migrateOptions) ([]netip.Prefix, string, int) {
 		fmt.Fprintf(a.stderr, "warning: %s\n", w)
 	}
 	var lists [][]netip.Prefix
-	for _, d := range dirs {
-		cfg, code := a.networkConfig(d)
-		if code != exitOK {
-			return nil, "", code
+	for _, n := range nets {
+		cfg, warning, err := datadir.LastConfig(n)
+		if err != nil {
+			fmt.Fprintf(a.stderr, "podwallctl: %v\n", err)
+			return nil, "", exitFailed
+		}
+		if warning != "" {
+			fmt.Fprintf(a.stderr, "warning: %s\n", warning)
 		}
 		if cfg != nil {
 			lists = append(lists, report.DrainingRanges(cfg))
 		}
 	}
 	return report.MergeDraining(lists...), o.dataDir, exitOK
-}
-
-// nodePods lists the pods bound to node, page by page.
-func nodePods(ctx context.Context, client kubernetes.Interface, node string) ([]report.Pod, error) {
-	opts := metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
-		Limit:         listPageSize,
-	}
-	var out []report.Pod
-	for {
-		list, err := client.CoreV1().Pods("").List(ctx, opts)
-		if err != nil {
-			return nil, err
-		}
-		for i := range list.Items {
-			// The server filters already; this guards a server (or fake)
-			// that ignores the selector from evicting other nodes' pods.
-			if list.Items[i].Spec.NodeName == node {
-				out = append(out, podOf(&list.Items[i]))
-			}
-		}
-		if list.Continue == "" {
-			return out, nil
-		}
-		opts.Continue = list.Continue
-	}
-}
-
-func podOf(p *corev1.Pod) report.Pod {
-	pod := report.Pod{
-		Namespace:   p.Namespace,
-		Name:        p.Name,
-		UID:         string(p.UID),
-		HostNetwork: p.Spec.HostNetwork,
-		Finished:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
-		Terminating: p.DeletionTimestamp != nil,
-		Controlled:  metav1.GetControllerOf(p) != nil,
-	}
-	_, pod.Mirror = p.Annotations[corev1.MirrorPodAnnotationKey]
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
-	}
-	for _, ip := range ips {
-		// An address the API holds but that does not parse is no address
-		// of ours: it cannot be in a range.
-		if addr, err := netip.ParseAddr(ip.IP); err == nil {
-			pod.IPs = append(pod.IPs, addr)
-		}
-	}
-	return pod
 }
 
 func writeCandidates(w io.Writer, candidates []report.MigrationCandidate, force bool) error {
@@ -276,7 +220,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("API server configuration (--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): %w", err)
 	}
 	cfg.UserAgent = "podwallctl"
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return evictionRefusalsToCaller{next: rt} })
+	cfg.Wrap(migrate.EvictionRefusalsToCaller)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("API server client: %w", err)
@@ -284,24 +228,22 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return client, nil
 }
 
-// networkConfig is the configuration podwall-ipam last ran with for the
-// network of d, "node" ranges resolved; nil (with a warning) before the
-// network's first ADD, when it has no address to move yet.
-func (a *app) networkConfig(d networkDir) (*ipam.Config, int) {
-	st, err := filestore.OpenExisting(d.path, slog.New(slog.DiscardHandler))
-	if err != nil {
-		fmt.Fprintf(a.stderr, "podwallctl: network %s: %v\n", d.name, err)
-		return nil, exitFailed
+// reportEvictions prints the summary and returns the exit status: failed
+// when any pod could not be evicted.
+func (a *app) reportEvictions(results []migrate.Result) int {
+	var failed []migrate.Result
+	for _, r := range results {
+		if r.Outcome == migrate.OutcomeFailed {
+			failed = append(failed, r)
+		}
 	}
-	cfg, warning := snapshotConfig(st, d.name)
-	if cfg == nil {
-		fmt.Fprintf(a.stderr, "warning: %s\n", warning)
-		return nil, exitOK
+	fmt.Fprintf(a.stdout, "%d of %d pods moved off the draining ranges (gone or replaced)\n", len(results)-len(failed), len(results))
+	if len(failed) == 0 {
+		return exitOK
 	}
-	resolved, err := nodecidrs.Resolve(cfg)
-	if err != nil {
-		fmt.Fprintf(a.stderr, "podwallctl: network %s: the Node's podCIDRs are unknown: %s\n", d.name, cniMessage(err))
-		return nil, exitFailed
+	fmt.Fprintf(a.stderr, "podwallctl: %d pods could not be evicted:\n", len(failed))
+	for _, r := range failed {
+		fmt.Fprintf(a.stderr, "  %s/%s: %v\n", r.Pod.Namespace, r.Pod.Name, r.Err)
 	}
-	return resolved, exitOK
+	return exitFailed
 }

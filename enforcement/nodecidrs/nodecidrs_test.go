@@ -10,58 +10,21 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/ipam"
+	cidrsfile "github.com/podwall/podwall/ipam/nodecidrs"
 )
 
-func TestWriteIfChangedWritesTheContractOnlyWhenItChanges(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sub", "node-podcidrs.json")
-	f := File{Node: "node-1", PodCIDRs: []string{"10.244.0.0/24", "fd00:10:244::/64"}}
-	changed, err := WriteIfChanged(path, f)
-	if err != nil || !changed {
-		t.Fatalf("first write: %v, %v", changed, err)
-	}
+// written reads the file back as podwall-ipam does.
+func written(t *testing.T, path string) cidrsfile.File {
+	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `{"node":"node-1","podCIDRs":["10.244.0.0/24","fd00:10:244::/64"]}` + "\n"; string(data) != want {
-		t.Errorf("content %q, want %q", data, want)
+	f, _, err := cidrsfile.Parse(data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
-	st1, _ := os.Stat(path)
-	if changed, err := WriteIfChanged(path, f); err != nil || changed {
-		t.Errorf("same content written again: %v, %v", changed, err)
-	}
-	if st2, _ := os.Stat(path); !os.SameFile(st1, st2) {
-		t.Error("the file was replaced although nothing changed")
-	}
-	got, err := Read(path)
-	if err != nil || got.Node != "node-1" || len(got.PodCIDRs) != 2 {
-		t.Errorf("Read: %+v, %v", got, err)
-	}
-	if changed, err := WriteIfChanged(path, File{Node: "node-1"}); err != nil || !changed {
-		t.Errorf("emptied: %v, %v", changed, err)
-	}
-	if data, _ := os.ReadFile(path); string(data) != `{"node":"node-1","podCIDRs":[]}`+"\n" {
-		t.Errorf("no CIDRs written as %q, want an empty list", data)
-	}
-	entries, _ := os.ReadDir(filepath.Dir(path))
-	if len(entries) != 1 {
-		t.Errorf("temporary files left: %v", entries)
-	}
-}
-
-func TestReadRefusesBadFiles(t *testing.T) {
-	dir := t.TempDir()
-	for name, content := range map[string]string{
-		"garbage": "{", "unknown key": `{"node":"n","podCIDRs":[],"extra":1}`, "no node": `{"podCIDRs":[]}`,
-	} {
-		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := Read(path); err == nil {
-			t.Errorf("%s: read without error", name)
-		}
-	}
+	return f
 }
 
 func route(dst, kind, name string) ipam.NodeRoute {
@@ -134,8 +97,8 @@ func TestWatcherWritesTheFileAndRaisesConflictsOncePerChange(t *testing.T) {
 	}
 	known = true
 	w.Check(ctx)
-	if f, err := Read(path); err != nil || f.PodCIDRs[0] != "10.244.1.0/24" {
-		t.Fatalf("file: %+v, %v", f, err)
+	if f := written(t, path); f.PodCIDRs[0] != "10.244.1.0/24" {
+		t.Fatalf("file: %+v", f)
 	}
 	if len(events) != 0 || gauge[len(gauge)-1] != 0 {
 		t.Fatalf("no conflict, yet events %v, gauge %v", events, gauge)
@@ -166,17 +129,17 @@ func TestWatcherWritesTheFileAndRaisesConflictsOncePerChange(t *testing.T) {
 
 	cidrs = []string{"10.244.2.0/24"}
 	w.Check(ctx)
-	if f, _ := Read(path); f.PodCIDRs[0] != "10.244.2.0/24" {
+	if f := written(t, path); f.PodCIDRs[0] != "10.244.2.0/24" {
 		t.Errorf("changed CIDRs not written: %+v", f)
 	}
 	cidrs = []string{"10.244.2.1/24"} // host bits: written canonical
 	w.Check(ctx)
-	if f, _ := Read(path); f.PodCIDRs[0] != "10.244.2.0/24" {
+	if f := written(t, path); f.PodCIDRs[0] != "10.244.2.0/24" {
 		t.Errorf("CIDR not canonical: %+v", f)
 	}
 	cidrs = []string{"bogus"}
 	w.Check(ctx)
-	if f, _ := Read(path); f.PodCIDRs[0] != "10.244.2.0/24" {
+	if f := written(t, path); f.PodCIDRs[0] != "10.244.2.0/24" {
 		t.Errorf("an invalid CIDR replaced the file: %+v", f)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/ipam"
+	cidrsfile "github.com/podwall/podwall/ipam/nodecidrs"
 	"github.com/podwall/podwall/ipam/noderoutes"
 )
 
@@ -100,7 +101,7 @@ func (w *Watcher) Check(ctx context.Context) {
 	for i, p := range prefixes {
 		canonical[i] = p.String()
 	}
-	changed, err := WriteIfChanged(w.cfg.Path, File{Node: w.cfg.Node, PodCIDRs: canonical})
+	changed, err := cidrsfile.WriteIfChanged(w.cfg.Path, cidrsfile.File{Node: w.cfg.Node, PodCIDRs: canonical})
 	switch {
 	case err != nil:
 		log.Error("writing the node's pod CIDRs for podwall-ipam", "file", w.cfg.Path, "err", err)

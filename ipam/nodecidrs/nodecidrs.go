@@ -3,51 +3,23 @@
 //
 //	{"node":"NAME","podCIDRs":["10.244.0.0/24","fd00:10:244::/64"]}
 //
-// The agent writes it atomically (enforcement/nodecidrs); the plugin and
-// podwallctl read it (Resolve) only where addresses are handed out or judged:
-// ADD, STATUS, podwallctl ipam check/list. DEL, CHECK and GC work by
-// container and never need it.
+// This package owns the format: the agent (enforcement/nodecidrs) writes it
+// with WriteIfChanged, atomically; the plugin and podwallctl read it
+// (Resolve) only where addresses are handed out or judged: ADD, STATUS,
+// podwallctl ipam check/list. DEL, CHECK and GC work by container and never
+// need it.
 package nodecidrs
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podwall/podwall/ipam"
 )
-
-// File is the content of the podCIDRs file. Unknown keys are ignored so that
-// an older plugin reads a newer agent's file.
-type File struct {
-	Node     string   `json:"node"`
-	PodCIDRs []string `json:"podCIDRs"`
-}
-
-// Parse decodes the file's content and validates every podCIDR.
-func Parse(data []byte) (File, []netip.Prefix, error) {
-	var f File
-	if err := json.Unmarshal(data, &f); err != nil {
-		return File{}, nil, fmt.Errorf("not a podCIDRs file (want {\"node\":NAME,\"podCIDRs\":[CIDR...]}): %w", err)
-	}
-	cidrs := make([]netip.Prefix, 0, len(f.PodCIDRs))
-	for _, s := range f.PodCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return File{}, nil, fmt.Errorf("podCIDR %q is not a CIDR", s)
-		}
-		if p.Masked() != p {
-			return File{}, nil, fmt.Errorf("podCIDR %q has host bits set", s)
-		}
-		cidrs = append(cidrs, p)
-	}
-	return f, cidrs, nil
-}
 
 // Resolve replaces {"subnet": "node"} in cfg with the podCIDRs read from
 // cfg.NodeCIDRsFile. Errors carry the CNI code the plugin returns:

@@ -88,4 +88,41 @@ func TestResolveErrors(t *testing.T) {
 	}
 }
 
+func TestWriteIfChangedWritesTheContractOnlyWhenItChanges(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "node-podcidrs.json")
+	f := nodecidrs.File{Node: "node-1", PodCIDRs: []string{"10.244.0.0/24", "fd00:10:244::/64"}}
+	changed, err := nodecidrs.WriteIfChanged(path, f)
+	if err != nil || !changed {
+		t.Fatalf("first write: %v, %v", changed, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"node":"node-1","podCIDRs":["10.244.0.0/24","fd00:10:244::/64"]}` + "\n"; string(data) != want {
+		t.Errorf("content %q, want %q", data, want)
+	}
+	st1, _ := os.Stat(path)
+	if changed, err := nodecidrs.WriteIfChanged(path, f); err != nil || changed {
+		t.Errorf("same content written again: %v, %v", changed, err)
+	}
+	if st2, _ := os.Stat(path); !os.SameFile(st1, st2) {
+		t.Error("the file was replaced although nothing changed")
+	}
+	got, cidrs, err := nodecidrs.Parse(data)
+	if err != nil || got.Node != "node-1" || len(cidrs) != 2 || cidrs[1].String() != "fd00:10:244::/64" {
+		t.Errorf("Parse: %+v, %v, %v", got, cidrs, err)
+	}
+	if changed, err := nodecidrs.WriteIfChanged(path, nodecidrs.File{Node: "node-1"}); err != nil || !changed {
+		t.Errorf("emptied: %v, %v", changed, err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != `{"node":"node-1","podCIDRs":[]}`+"\n" {
+		t.Errorf("no CIDRs written as %q, want an empty list", data)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
+
 func ptr(s string) *string { return &s }

@@ -6,6 +6,7 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -162,4 +163,18 @@ func ipamType(raw json.RawMessage) (string, error) {
 		return "", fmt.Errorf("cannot decode ipam section: %w", err)
 	}
 	return section.Type, nil
+}
+
+// CNIMessage renders an error the way podwall-ipam reports it, code included,
+// so that the admin sees what the runtime would see.
+func CNIMessage(err error) string {
+	var cniErr *types.Error
+	if !errors.As(err, &cniErr) {
+		return err.Error()
+	}
+	msg := fmt.Sprintf("%s (CNI error code %d)", cniErr.Msg, cniErr.Code)
+	if cniErr.Details != "" {
+		msg += ": " + cniErr.Details
+	}
+	return msg
 }

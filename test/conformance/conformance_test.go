@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/mattfenwick/cyclonus/pkg/generator"
-	"github.com/mattfenwick/cyclonus/pkg/matcher"
-	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podwall/podwall/enforcement/policy"
@@ -59,9 +57,9 @@ func TestCyclonusRealPackets(t *testing.T) {
 			}
 			t.Logf("%s mode: %d cases, %d steps, %d probes with real packets (%d allowed by the matcher, %d denied), %d retried; "+
 				"left out: %d pod-to-itself, %d SCTP; z/c at %s; %v",
-				mode, len(cases), total.steps, total.probes, total.allowed, total.probes-total.allowed, total.retried,
-				total.self, total.sctp, zc.ip, time.Since(start).Round(time.Second))
-			if total.allowed == 0 || total.allowed == total.probes {
+				mode, len(cases), total.steps, total.Probes, total.Allowed, total.Probes-total.Allowed, total.Retried,
+				total.Self, total.SCTP, zc.ip, time.Since(start).Round(time.Second))
+			if total.Allowed == 0 || total.Allowed == total.Probes {
 				t.Errorf("the matcher never allowed or never denied: the comparison proves nothing")
 			}
 		})
@@ -70,23 +68,13 @@ func TestCyclonusRealPackets(t *testing.T) {
 
 // tally counts what a run compared and left out.
 type tally struct {
-	steps, probes, allowed, retried, self, sctp int
+	steps int
+	cyclonus.Counts
 }
 
 func (t *tally) add(o tally) {
 	t.steps += o.steps
-	t.probes += o.probes
-	t.allowed += o.allowed
-	t.retried += o.retried
-	t.self += o.self
-	t.sctp += o.sctp
-}
-
-// job is one real connection and the matcher's verdict on it.
-type job struct {
-	cyclonus.Probe
-	from, to *livePod
-	want     *matcher.AllowedResult
+	t.Counts.Add(o.Counts)
 }
 
 func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
@@ -98,6 +86,13 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 		// own default and the case's policies decide the rest.
 		c.Policies = cyclonus.OpenPolicies("y", "z")
 	}
+	live := func(p *cyclonus.Pod) (cyclonus.Endpoint, bool) {
+		lp := e.pods[p.Namespace+"/"+p.Name]
+		if lp == nil {
+			return cyclonus.Endpoint{}, false
+		}
+		return cyclonus.Endpoint{Ref: lp.ref(), NetNS: lp.pod, IP: lp.ip}, true
+	}
 	for si, step := range tc.Steps {
 		n.steps++
 		for _, a := range step.Actions {
@@ -106,52 +101,11 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 			}
 		}
 		e.reconcile(c)
-		oracle := c.Oracle(e.deny)
-		var jobs []*job
-		for _, from := range c.Pods {
-			for _, to := range c.Pods {
-				targets, err := cyclonus.Targets(step.Probe, cyclonus.ContainerPorts())
-				if err != nil {
-					t.Fatal(err)
-				}
-				src, dst := e.pods[from.Namespace+"/"+from.Name], e.pods[to.Namespace+"/"+to.Name]
-				for _, tg := range targets {
-					switch {
-					case tg.Protocol == corev1.ProtocolSCTP:
-						n.sctp++
-						continue
-					case src == dst:
-						n.self++
-						continue
-					}
-					want := oracle.IsTrafficAllowed(&matcher.Traffic{
-						Source:           c.Peer(from, src.ip.String()),
-						Destination:      c.Peer(to, dst.ip.String()),
-						ResolvedPort:     tg.Port,
-						ResolvedPortName: tg.PortName,
-						Protocol:         tg.Protocol,
-					})
-					jobs = append(jobs, &job{
-						Probe: cyclonus.Probe{From: src.pod, To: dst.ip, Target: tg, Want: want.IsAllowed()},
-						from:  src, to: dst, want: want,
-					})
-				}
-			}
+		mismatches, counts, err := probeTiming.ProbeStep(c, e.deny, step.Probe, live)
+		if err != nil {
+			t.Fatal(err)
 		}
-		probes := make([]*cyclonus.Probe, len(jobs))
-		for i, j := range jobs {
-			probes[i] = &j.Probe
-		}
-		probeTiming.Run(probes)
-		var mismatches []*job
-		for _, j := range jobs {
-			n.probes++
-			n.allowed += b2i(j.want.IsAllowed())
-			n.retried += b2i(j.Retried)
-			if j.Got != j.Want {
-				mismatches = append(mismatches, j)
-			}
-		}
+		n.Counts.Add(counts)
 		if len(mismatches) > 0 {
 			t.Errorf("%s", e.report(tc, si, c, mismatches))
 		}
@@ -162,7 +116,7 @@ func (e *env) runCase(t *testing.T, tc *generator.TestCase) (n tally) {
 // report renders a step's mismatches: the case, each connection with the
 // matcher's egress and ingress verdicts and what the packets did, the
 // chains of both pods, the node's sets and the policies judged.
-func (e *env) report(tc *generator.TestCase, si int, c *cyclonus.Cluster, mismatches []*job) string {
+func (e *env) report(tc *generator.TestCase, si int, c *cyclonus.Cluster, mismatches []*cyclonus.Check) string {
 	var b strings.Builder
 	mode := "kubernetes"
 	if e.deny {
@@ -170,31 +124,24 @@ func (e *env) report(tc *generator.TestCase, si int, c *cyclonus.Cluster, mismat
 	}
 	fmt.Fprintf(&b, "cyclonus case %q (tags %v), step %d of %d, %s mode: %d real connections differ from the matcher:\n",
 		tc.Description, tc.Tags.Keys(), si+1, len(tc.Steps), mode, len(mismatches))
-	for i, j := range mismatches {
+	for i, m := range mismatches {
 		if i == shownMismatches {
 			fmt.Fprintf(&b, "  ... and %d more\n", len(mismatches)-shownMismatches)
 			break
 		}
 		got := "denied"
-		if j.Got {
+		if m.Got {
 			got = "ALLOWED"
 		}
 		fmt.Fprintf(&b, "  %s (%s) -> %s (%s) %s/%d (%s): matcher egress=%t ingress=%t => allowed=%t; packets: %s (%v)\n",
-			j.from.ref(), j.from.ip, j.to.ref(), j.to.ip, j.Target.Protocol, j.Target.Port, j.Target.PortName,
-			j.want.Egress.IsAllowed(), j.want.Ingress.IsAllowed(), j.want.IsAllowed(), got, j.Err)
-		b.WriteString(e.chains(j.from, "F", "OUT"))
-		b.WriteString(e.chains(j.to, "T", "IN"))
+			m.Source.Ref, m.Source.IP, m.Destination.Ref, m.Destination.IP, m.Target.Protocol, m.Target.Port, m.Target.PortName,
+			m.Verdict.Egress.IsAllowed(), m.Verdict.Ingress.IsAllowed(), m.Verdict.IsAllowed(), got, m.Err)
+		b.WriteString(e.chains(e.pods[m.Source.Ref], "F", "OUT"))
+		b.WriteString(e.chains(e.pods[m.Destination.Ref], "T", "IN"))
 	}
 	b.WriteString("  sets in the node:\n")
 	b.WriteString(e.ipsets())
 	policies, _ := yaml.Marshal(c.OraclePolicies(e.deny))
 	fmt.Fprintf(&b, "  policies judged by the matcher:\n%s", policies)
 	return b.String()
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/mattfenwick/cyclonus/pkg/generator"
-	"github.com/mattfenwick/cyclonus/pkg/matcher"
-	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podwall/podwall/test/cyclonus"
@@ -116,8 +114,8 @@ func TestCyclonusOnKubelet(t *testing.T) {
 				}
 				t.Logf("%s mode, %s: %d cases (%d changing more than policies or with several steps), %d steps, "+
 					"%d probes with real packets (%d allowed by the matcher, %d denied), %d retried; left out: %d pod-to-itself, %d SCTP",
-					mode, variant, n.cases, n.changing, n.steps, n.probes, n.allowed, n.probes-n.allowed, n.retried, n.self, n.sctp)
-				if n.allowed == 0 || n.allowed == n.probes {
+					mode, variant, n.cases, n.changing, n.steps, n.Probes, n.Allowed, n.Probes-n.Allowed, n.Retried, n.Self, n.SCTP)
+				if n.Allowed == 0 || n.Allowed == n.Probes {
 					t.Errorf("%s mode, %s: the matcher never allowed or never denied: the comparison proves nothing", mode, variant)
 				}
 			}
@@ -178,8 +176,8 @@ func pickRuns(cases []*generator.TestCase, deny bool) []caseRun {
 // cyclonusTally counts what runs compared and left out, and how long the
 // agent took to enforce each change.
 type cyclonusTally struct {
-	cases, changing                             int
-	steps, probes, allowed, retried, self, sctp int
+	cases, changing, steps int
+	cyclonus.Counts
 	// stepEnforce: policy and label steps; lifecycleEnforce: steps
 	// creating or deleting pods or namespaces; resetEnforce: resets.
 	stepEnforce, lifecycleEnforce, resetEnforce []time.Duration
@@ -193,21 +191,10 @@ func (t *cyclonusTally) add(o cyclonusTally) {
 	t.cases += o.cases
 	t.changing += o.changing
 	t.steps += o.steps
-	t.probes += o.probes
-	t.allowed += o.allowed
-	t.retried += o.retried
-	t.self += o.self
-	t.sctp += o.sctp
+	t.Counts.Add(o.Counts)
 	t.stepEnforce = append(t.stepEnforce, o.stepEnforce...)
 	t.lifecycleEnforce = append(t.lifecycleEnforce, o.lifecycleEnforce...)
 	t.resetEnforce = append(t.resetEnforce, o.resetEnforce...)
-}
-
-// probeJob is one real connection and the matcher's verdict on it.
-type probeJob struct {
-	cyclonus.Probe
-	from, to *livePod
-	want     *matcher.AllowedResult
 }
 
 func (e *kubeletEnv) runCase(t *testing.T, tc *generator.TestCase, opened bool) (n cyclonusTally) {
@@ -254,75 +241,32 @@ func (e *kubeletEnv) runCase(t *testing.T, tc *generator.TestCase, opened bool) 
 		if err := e.checkAPI(ctx); err != nil {
 			t.Fatalf("%q step %d: %v", tc.Description, si+1, err)
 		}
-		jobs, skipped := e.jobs(t, step.Probe)
-		n.self += skipped.self
-		n.sctp += skipped.sctp
-		probes := make([]*cyclonus.Probe, len(jobs))
-		for i, j := range jobs {
-			probes[i] = &j.Probe
+		mismatches, counts, err := cyclonusProbeTiming.ProbeStep(e.live, e.deny, step.Probe, e.endpoint)
+		if err != nil {
+			t.Fatalf("%q step %d: %v", tc.Description, si+1, err)
 		}
-		cyclonusProbeTiming.Run(probes)
-		var mismatches []*probeJob
-		for _, j := range jobs {
-			n.probes++
-			n.allowed += boolToInt(j.Want)
-			n.retried += boolToInt(j.Retried)
-			if j.Got != j.Want {
-				mismatches = append(mismatches, j)
-			}
-		}
+		n.Counts.Add(counts)
 		if len(mismatches) > 0 {
-			t.Errorf("%s", e.report(tc, si, len(jobs), mismatches))
+			t.Errorf("%s", e.report(tc, si, counts.Probes, mismatches))
 		}
 	}
 	return n
 }
 
-// jobs lists the connections a step probes, with the matcher's verdicts.
-func (e *kubeletEnv) jobs(t *testing.T, pc *generator.ProbeConfig) (jobs []*probeJob, skipped cyclonusTally) {
-	t.Helper()
-	targets, err := cyclonus.Targets(pc, cyclonus.ContainerPorts())
-	if err != nil {
-		t.Fatal(err)
+// endpoint is where a pod of the model runs.
+func (e *kubeletEnv) endpoint(p *cyclonus.Pod) (cyclonus.Endpoint, bool) {
+	lp := e.pods[p.Namespace+"/"+p.Name]
+	if lp == nil {
+		return cyclonus.Endpoint{}, false
 	}
-	oracle := e.live.Oracle(e.deny)
-	for _, from := range e.live.Pods {
-		for _, to := range e.live.Pods {
-			src, dst := e.pods[from.Namespace+"/"+from.Name], e.pods[to.Namespace+"/"+to.Name]
-			if src == nil || dst == nil {
-				t.Fatalf("no running pod for %s/%s or %s/%s", from.Namespace, from.Name, to.Namespace, to.Name)
-			}
-			for _, tg := range targets {
-				switch {
-				case tg.Protocol == corev1.ProtocolSCTP:
-					skipped.sctp++
-					continue
-				case src == dst:
-					skipped.self++
-					continue
-				}
-				want := oracle.IsTrafficAllowed(&matcher.Traffic{
-					Source:           e.live.Peer(from, src.ip.String()),
-					Destination:      e.live.Peer(to, dst.ip.String()),
-					ResolvedPort:     tg.Port,
-					ResolvedPortName: tg.PortName,
-					Protocol:         tg.Protocol,
-				})
-				jobs = append(jobs, &probeJob{
-					Probe: cyclonus.Probe{From: src.netns, To: dst.ip, Target: tg, Want: want.IsAllowed()},
-					from:  src, to: dst, want: want,
-				})
-			}
-		}
-	}
-	return jobs, skipped
+	return cyclonus.Endpoint{Ref: lp.ref(), NetNS: lp.netns, IP: lp.ip}, true
 }
 
 // report renders a step's mismatches as a table: each connection with the
 // matcher's egress and ingress verdicts and what the packets did; then the
 // node's rules naming the pods involved, its sets, the policies judged and
 // the agent's last words.
-func (e *kubeletEnv) report(tc *generator.TestCase, si, probed int, mismatches []*probeJob) string {
+func (e *kubeletEnv) report(tc *generator.TestCase, si, probed int, mismatches []*cyclonus.Check) string {
 	var b strings.Builder
 	mode := "kubernetes mode"
 	if e.deny {
@@ -336,19 +280,19 @@ func (e *kubeletEnv) report(tc *generator.TestCase, si, probed int, mismatches [
 	w := tabwriter.NewWriter(&b, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(w, "  FROM\tTO\tPORT\tMATCHER egress\tingress\t=> allowed\tPACKETS\tERROR")
 	pods := map[string]*livePod{}
-	for i, j := range mismatches {
+	for i, m := range mismatches {
 		if i == shownMismatchesPerStep {
 			fmt.Fprintf(w, "  ... and %d more\n", len(mismatches)-shownMismatchesPerStep)
 			break
 		}
 		got := "denied"
-		if j.Got {
+		if m.Got {
 			got = "ALLOWED"
 		}
 		fmt.Fprintf(w, "  %s %s\t%s %s\t%s/%d %s\t%t\t%t\t%t\t%s\t%v\n",
-			j.from.ref(), j.from.ip, j.to.ref(), j.to.ip, j.Target.Protocol, j.Target.Port, j.Target.PortName,
-			j.want.Egress.IsAllowed(), j.want.Ingress.IsAllowed(), j.want.IsAllowed(), got, j.Err)
-		pods[j.from.ref()], pods[j.to.ref()] = j.from, j.to
+			m.Source.Ref, m.Source.IP, m.Destination.Ref, m.Destination.IP, m.Target.Protocol, m.Target.Port, m.Target.PortName,
+			m.Verdict.Egress.IsAllowed(), m.Verdict.Ingress.IsAllowed(), m.Verdict.IsAllowed(), got, m.Err)
+		pods[m.Source.Ref], pods[m.Destination.Ref] = e.pods[m.Source.Ref], e.pods[m.Destination.Ref]
 	}
 	w.Flush()
 	b.WriteString("  rules of the node naming those pods:\n")
@@ -403,11 +347,4 @@ func nearestRank(ds []time.Duration, p int) time.Duration {
 	s := slices.Sorted(slices.Values(ds))
 	i := (p*len(s)+99)/100 - 1
 	return s[max(0, min(i, len(s)-1))].Round(time.Millisecond)
-}
-
-func boolToInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

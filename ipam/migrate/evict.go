@@ -1,6 +1,12 @@
-package main
+// Package migrate moves pods off podwall-ipam's draining ranges: it lists a
+// node's pods from the API server and evicts them through the Eviction API
+// (policy/v1), so that PodDisruptionBudgets are honoured, as kubectl drain
+// does (k8s.io/kubectl/pkg/drain). podwallctl ipam migrate is its command
+// line; which pods to move is decided by ipam/report.
+package migrate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,47 +27,70 @@ import (
 // evictionCallTimeout bounds one eviction request.
 const evictionCallTimeout = 30 * time.Second
 
+// Outcome is how one pod's eviction ended.
+type Outcome string
+
 // Outcomes of one pod's eviction.
 const (
-	outcomeGone     = "gone"
-	outcomeReplaced = "replaced"
-	outcomeFailed   = "not evicted"
+	OutcomeGone     Outcome = "gone"
+	OutcomeReplaced Outcome = "replaced"
+	OutcomeFailed   Outcome = "not evicted"
 )
 
-// evictionResult is what happened to one candidate.
-type evictionResult struct {
-	pod     report.Pod
-	outcome string
-	// err says why a pod is outcomeFailed.
-	err      error
-	refusals int
-	took     time.Duration
+// Result is what happened to one candidate.
+type Result struct {
+	Pod     report.Pod
+	Outcome Outcome
+	// Err says why a pod is OutcomeFailed.
+	Err      error
+	Refusals int
+	Took     time.Duration
 }
 
-// evictor evicts candidates through the Eviction API, at most maxInFlight
+// Options tune an Evictor; zero durations take the defaults.
+type Options struct {
+	// MaxInFlight is how many evicted pods may be going at once (at least 1).
+	MaxInFlight int
+	// Timeout bounds each pod, from its first attempt to its being gone.
+	Timeout time.Duration
+	// FirstBackoff (default 1 s) doubles after each refusal by a
+	// disruption budget, up to 30 s.
+	FirstBackoff time.Duration
+	// PollInterval (default 500 ms) is how often an evicted pod is looked
+	// up until it is gone.
+	PollInterval time.Duration
+	// Progress receives one line per step of each pod; nil discards them.
+	Progress io.Writer
+}
+
+// Evictor evicts candidates through the Eviction API, at most MaxInFlight
 // of them going at once: a pod counts from its eviction until it is gone
 // or replaced. A pod refused by a disruption budget (429) is retried with
 // backoff while the others proceed, until its own deadline.
-type evictor struct {
-	client      kubernetes.Interface
-	maxInFlight int
-	// timeout bounds each pod, from its first attempt to its being gone.
+type Evictor struct {
+	client                   kubernetes.Interface
+	maxInFlight              int
 	timeout                  time.Duration
 	firstBackoff, maxBackoff time.Duration
 	pollInterval             time.Duration
 	out                      io.Writer
 }
 
-func newEvictor(client kubernetes.Interface, maxInFlight int, timeout time.Duration, out io.Writer) *evictor {
-	return &evictor{
+// NewEvictor returns an Evictor using client.
+func NewEvictor(client kubernetes.Interface, o Options) *Evictor {
+	e := &Evictor{
 		client:       client,
-		maxInFlight:  maxInFlight,
-		timeout:      timeout,
-		firstBackoff: time.Second,
+		maxInFlight:  max(o.MaxInFlight, 1),
+		timeout:      o.Timeout,
+		firstBackoff: cmp.Or(o.FirstBackoff, time.Second),
 		maxBackoff:   30 * time.Second,
-		pollInterval: 500 * time.Millisecond,
-		out:          out,
+		pollInterval: cmp.Or(o.PollInterval, 500*time.Millisecond),
+		out:          o.Progress,
 	}
+	if e.out == nil {
+		e.out = io.Discard
+	}
+	return e
 }
 
 // pending is a candidate not evicted yet.
@@ -73,22 +102,23 @@ type pending struct {
 	lastErr  error
 }
 
-// run evicts the candidates in order and returns one result per candidate,
-// in the order they completed. Progress goes to e.out; only this goroutine
-// writes there.
-func (e *evictor) run(ctx context.Context, candidates []report.MigrationCandidate, force bool) []evictionResult {
-	var results []evictionResult
+// Run evicts the candidates in order and returns one result per candidate,
+// in the order they completed. Pods no controller recreates are evicted
+// only with force; mirror pods never. Progress goes to Options.Progress;
+// only the calling goroutine writes there.
+func (e *Evictor) Run(ctx context.Context, candidates []report.MigrationCandidate, force bool) []Result {
+	var results []Result
 	var queue []*pending
 	for _, c := range candidates {
 		if reason := refusedUpfront(c.Pod, force); reason != nil {
 			e.printf("%s/%s: %v\n", c.Pod.Namespace, c.Pod.Name, reason)
-			results = append(results, evictionResult{pod: c.Pod, outcome: outcomeFailed, err: reason})
+			results = append(results, Result{Pod: c.Pod, Outcome: OutcomeFailed, Err: reason})
 			continue
 		}
 		queue = append(queue, &pending{pod: c.Pod})
 	}
 
-	done := make(chan evictionResult)
+	done := make(chan Result)
 	inFlight := 0
 	for len(queue) > 0 || inFlight > 0 {
 		if ctx.Err() != nil {
@@ -144,7 +174,7 @@ func (e *evictor) run(ctx context.Context, candidates []report.MigrationCandidat
 		if p.lastErr != nil {
 			err = fmt.Errorf("%w (last refusal: %v)", err, p.lastErr)
 		}
-		results = append(results, evictionResult{pod: p.pod, outcome: outcomeFailed, err: err, refusals: p.refusals})
+		results = append(results, Result{Pod: p.pod, Outcome: OutcomeFailed, Err: err, Refusals: p.refusals})
 	}
 	return results
 }
@@ -162,7 +192,7 @@ func refusedUpfront(p report.Pod, force bool) error {
 
 // attempt evicts p once. started: p is going (await it); else a non-nil
 // result ends p, and nil means refused, to be retried at p.nextTry.
-func (e *evictor) attempt(ctx context.Context, p *pending, now time.Time) (*evictionResult, bool) {
+func (e *Evictor) attempt(ctx context.Context, p *pending, now time.Time) (*Result, bool) {
 	if p.started.IsZero() {
 		p.started = now
 	}
@@ -187,12 +217,12 @@ func (e *evictor) attempt(ctx context.Context, p *pending, now time.Time) (*evic
 		e.printf("%s: evicted, waiting for it to be gone\n", name)
 		return nil, true
 	case apierrors.IsNotFound(err):
-		r := &evictionResult{pod: p.pod, outcome: outcomeGone, refusals: p.refusals, took: now.Sub(p.started)}
+		r := &Result{Pod: p.pod, Outcome: OutcomeGone, Refusals: p.refusals, Took: now.Sub(p.started)}
 		e.printResult(*r)
 		return r, false
 	case apierrors.IsConflict(err):
 		// The UID precondition failed: a new pod has the name.
-		r := &evictionResult{pod: p.pod, outcome: outcomeReplaced, refusals: p.refusals, took: now.Sub(p.started)}
+		r := &Result{Pod: p.pod, Outcome: OutcomeReplaced, Refusals: p.refusals, Took: now.Sub(p.started)}
 		e.printResult(*r)
 		return r, false
 	case apierrors.IsTooManyRequests(err):
@@ -201,8 +231,8 @@ func (e *evictor) attempt(ctx context.Context, p *pending, now time.Time) (*evic
 		p.lastErr = err
 		deadline := p.started.Add(e.timeout)
 		if !now.Before(deadline) {
-			r := &evictionResult{pod: p.pod, outcome: outcomeFailed, refusals: p.refusals, took: now.Sub(p.started),
-				err: fmt.Errorf("eviction refused %d times over %v, last: %w", p.refusals, now.Sub(p.started).Round(time.Millisecond), err)}
+			r := &Result{Pod: p.pod, Outcome: OutcomeFailed, Refusals: p.refusals, Took: now.Sub(p.started),
+				Err: fmt.Errorf("eviction refused %d times over %v, last: %w", p.refusals, now.Sub(p.started).Round(time.Millisecond), err)}
 			e.printResult(*r)
 			return r, false
 		}
@@ -219,7 +249,7 @@ func (e *evictor) attempt(ctx context.Context, p *pending, now time.Time) (*evic
 		}
 		return nil, false
 	default:
-		r := &evictionResult{pod: p.pod, outcome: outcomeFailed, refusals: p.refusals, took: now.Sub(p.started), err: fmt.Errorf("eviction failed: %w", err)}
+		r := &Result{Pod: p.pod, Outcome: OutcomeFailed, Refusals: p.refusals, Took: now.Sub(p.started), Err: fmt.Errorf("eviction failed: %w", err)}
 		e.printResult(*r)
 		return r, false
 	}
@@ -227,23 +257,23 @@ func (e *evictor) attempt(ctx context.Context, p *pending, now time.Time) (*evic
 
 // awaitGone polls p until it is deleted or replaced by a pod of the same
 // name, or its deadline passes.
-func (e *evictor) awaitGone(ctx context.Context, p *pending) evictionResult {
+func (e *Evictor) awaitGone(ctx context.Context, p *pending) Result {
 	deadline := p.started.Add(e.timeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ticker := time.NewTicker(e.pollInterval)
 	defer ticker.Stop()
-	result := func(outcome string, err error) evictionResult {
-		return evictionResult{pod: p.pod, outcome: outcome, err: err, refusals: p.refusals, took: time.Since(p.started)}
+	result := func(outcome Outcome, err error) Result {
+		return Result{Pod: p.pod, Outcome: outcome, Err: err, Refusals: p.refusals, Took: time.Since(p.started)}
 	}
 	var lastErr error
 	for {
 		pod, err := e.client.CoreV1().Pods(p.pod.Namespace).Get(ctx, p.pod.Name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			return result(outcomeGone, nil)
+			return result(OutcomeGone, nil)
 		case err == nil && string(pod.UID) != p.pod.UID:
-			return result(outcomeReplaced, nil)
+			return result(OutcomeReplaced, nil)
 		case err != nil && ctx.Err() == nil:
 			lastErr = err // transient: keep polling until the deadline
 		}
@@ -254,7 +284,7 @@ func (e *evictor) awaitGone(ctx context.Context, p *pending) evictionResult {
 			if lastErr != nil {
 				msg = fmt.Sprintf("evicted, then could not be read (%v)", lastErr)
 			}
-			return result(outcomeFailed, fmt.Errorf("%s after %v: %w (is the node's kubelet running?)", msg, time.Since(p.started).Round(time.Millisecond), context.Cause(ctx)))
+			return result(OutcomeFailed, fmt.Errorf("%s after %v: %w (is the node's kubelet running?)", msg, time.Since(p.started).Round(time.Millisecond), context.Cause(ctx)))
 		}
 	}
 }
@@ -278,7 +308,7 @@ func refusal(err error) error {
 	return fmt.Errorf("%w (%s)", err, strings.Join(causes, "; "))
 }
 
-func (e *evictor) backoff(refusals int) time.Duration {
+func (e *Evictor) backoff(refusals int) time.Duration {
 	d := e.firstBackoff
 	for i := 1; i < refusals && d < e.maxBackoff; i++ {
 		d *= 2
@@ -301,44 +331,29 @@ func earliestRetry(queue []*pending, slotFree bool) (time.Time, bool) {
 	return next, true
 }
 
-func (e *evictor) printResult(r evictionResult) {
-	name := r.pod.Namespace + "/" + r.pod.Name
-	if r.err != nil {
-		e.printf("%s: %s: %v\n", name, r.outcome, r.err)
+func (e *Evictor) printResult(r Result) {
+	name := r.Pod.Namespace + "/" + r.Pod.Name
+	if r.Err != nil {
+		e.printf("%s: %s: %v\n", name, r.Outcome, r.Err)
 		return
 	}
-	e.printf("%s: %s after %v\n", name, r.outcome, r.took.Round(time.Millisecond))
+	e.printf("%s: %s after %v\n", name, r.Outcome, r.Took.Round(time.Millisecond))
 }
 
-func (e *evictor) printf(format string, args ...any) {
+func (e *Evictor) printf(format string, args ...any) {
 	fmt.Fprintf(e.out, format, args...)
 }
 
-// reportEvictions prints the summary and returns the exit status: failed
-// when any pod could not be evicted.
-func (a *app) reportEvictions(results []evictionResult) int {
-	var failed []evictionResult
-	for _, r := range results {
-		if r.outcome == outcomeFailed {
-			failed = append(failed, r)
-		}
-	}
-	fmt.Fprintf(a.stdout, "%d of %d pods moved off the draining ranges (gone or replaced)\n", len(results)-len(failed), len(results))
-	if len(failed) == 0 {
-		return exitOK
-	}
-	fmt.Fprintf(a.stderr, "podwallctl: %d pods could not be evicted:\n", len(failed))
-	for _, r := range failed {
-		fmt.Fprintf(a.stderr, "  %s/%s: %v\n", r.pod.Namespace, r.pod.Name, r.err)
-	}
-	return exitFailed
-}
-
-// evictionRefusalsToCaller keeps client-go from retrying a refused eviction
+// EvictionRefusalsToCaller wraps a client's transport (rest.Config.Wrap)
+// so that a refused eviction reaches the Evictor: it keeps client-go from retrying a refused eviction
 // by itself: it would honour the server's Retry-After inside one call, up to
 // ten times, so the refusal would be neither seen nor reported and the other
 // pods would wait. The header is dropped from a 429 to an eviction; the
 // suggested delay still reaches the evictor through the error's details.
+func EvictionRefusalsToCaller(next http.RoundTripper) http.RoundTripper {
+	return evictionRefusalsToCaller{next: next}
+}
+
 type evictionRefusalsToCaller struct{ next http.RoundTripper }
 
 func (t evictionRefusalsToCaller) RoundTrip(req *http.Request) (*http.Response, error) {

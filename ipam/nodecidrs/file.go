@@ -1,7 +1,3 @@
-// Package nodecidrs hands the Node's spec.podCIDRs to podwall-ipam: the
-// agent writes them to a file that the IPAM's "node" ranges read, and
-// raises it loudly when the block Kubernetes gave the node lies in a
-// network the node already routes elsewhere.
 package nodecidrs
 
 import (
@@ -10,16 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 )
 
-// DefaultPath is where the agent writes the file unless told otherwise
-// (podwall-agent --pod-cidrs-file).
-const DefaultPath = "/var/lib/podwall/node-podcidrs.json"
-
-// File is the file's content, for example
+// File is the content of the podCIDRs file, for example
 // {"node":"node-1","podCIDRs":["10.244.0.0/24","fd00:10:244::/64"]}.
+// Unknown keys are ignored when it is read, so that an older plugin reads a
+// newer agent's file.
 type File struct {
 	Node     string   `json:"node"`
 	PodCIDRs []string `json:"podCIDRs"`
@@ -34,22 +29,24 @@ func (f File) Encode() []byte {
 	return append(data, '\n')
 }
 
-// Read reads a file written by WriteIfChanged.
-func Read(path string) (File, error) {
+// Parse decodes the file's content and validates every podCIDR.
+func Parse(data []byte) (File, []netip.Prefix, error) {
 	var f File
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return f, fmt.Errorf("node pod CIDRs file: %w", err)
+	if err := json.Unmarshal(data, &f); err != nil {
+		return File{}, nil, fmt.Errorf("not a podCIDRs file (want {\"node\":NAME,\"podCIDRs\":[CIDR...]}): %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		return f, fmt.Errorf("node pod CIDRs file %s: %w", path, err)
+	cidrs := make([]netip.Prefix, 0, len(f.PodCIDRs))
+	for _, s := range f.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return File{}, nil, fmt.Errorf("podCIDR %q is not a CIDR", s)
+		}
+		if p.Masked() != p {
+			return File{}, nil, fmt.Errorf("podCIDR %q has host bits set", s)
+		}
+		cidrs = append(cidrs, p)
 	}
-	if f.Node == "" {
-		return f, fmt.Errorf("node pod CIDRs file %s: no node name", path)
-	}
-	return f, nil
+	return f, cidrs, nil
 }
 
 // WriteIfChanged writes f to path unless the file already holds exactly
