@@ -16,18 +16,18 @@ import (
 	"github.com/podwall/podwall/enforcement/agent"
 	"github.com/podwall/podwall/enforcement/agentapi"
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 type fakeDataplane struct {
 	mu   sync.Mutex
-	last *policy.Desired
+	last *ruleset.Desired
 }
 
 func (f *fakeDataplane) Probe(context.Context) error                   { return nil }
 func (f *fakeDataplane) EnsureBase(context.Context) (string, error)    { return "", nil }
 func (f *fakeDataplane) Pods(context.Context) ([]dataplane.Pod, error) { return nil, nil }
-func (f *fakeDataplane) Apply(_ context.Context, d *policy.Desired) (dataplane.ApplyStats, error) {
+func (f *fakeDataplane) Apply(_ context.Context, d *ruleset.Desired) (dataplane.ApplyStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.last = d

@@ -12,6 +12,7 @@ import (
 	"github.com/podwall/podwall/enforcement/agent"
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -20,7 +21,7 @@ type nullDataplane struct{}
 func (nullDataplane) Probe(context.Context) error                   { return nil }
 func (nullDataplane) EnsureBase(context.Context) (string, error)    { return "", nil }
 func (nullDataplane) Pods(context.Context) ([]dataplane.Pod, error) { return nil, nil }
-func (nullDataplane) Apply(context.Context, *policy.Desired) (dataplane.ApplyStats, error) {
+func (nullDataplane) Apply(context.Context, *ruleset.Desired) (dataplane.ApplyStats, error) {
 	return dataplane.ApplyStats{}, nil
 }
 

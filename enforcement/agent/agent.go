@@ -15,6 +15,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/agentapi"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -74,7 +75,7 @@ type Agent struct {
 
 type lastApply struct {
 	at    time.Time
-	stats policy.Stats
+	stats ruleset.Stats
 }
 
 type requestKind int

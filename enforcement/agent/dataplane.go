@@ -4,7 +4,7 @@ import (
 	"context"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Dataplane is the part of *dataplane.Dataplane the agent uses.
@@ -17,7 +17,7 @@ type Dataplane interface {
 	Pods(ctx context.Context) ([]dataplane.Pod, error)
 	// Apply converges the policy chains and sets to desired, touching only
 	// what differs.
-	Apply(ctx context.Context, desired *policy.Desired) (dataplane.ApplyStats, error)
+	Apply(ctx context.Context, desired *ruleset.Desired) (dataplane.ApplyStats, error)
 	// EnsureBase restores the jumps into podwall's chains where pods have
 	// chains, and says what it restored.
 	EnsureBase(ctx context.Context) (string, error)

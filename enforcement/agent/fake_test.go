@@ -15,6 +15,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -22,15 +23,15 @@ import (
 type fakeDataplane struct {
 	mu       sync.Mutex
 	pods     []dataplane.Pod
-	applies  []*policy.Desired
+	applies  []*ruleset.Desired
 	applyErr error
 	probeErr error
 	podsErr  error
-	applied  chan *policy.Desired
+	applied  chan *ruleset.Desired
 }
 
 func newFakeDataplane(pods ...dataplane.Pod) *fakeDataplane {
-	return &fakeDataplane{pods: pods, applied: make(chan *policy.Desired, 1000)}
+	return &fakeDataplane{pods: pods, applied: make(chan *ruleset.Desired, 1000)}
 }
 
 func (f *fakeDataplane) EnsureBase(context.Context) (string, error) { return "", nil }
@@ -47,7 +48,7 @@ func (f *fakeDataplane) Pods(context.Context) ([]dataplane.Pod, error) {
 	return slices.Clone(f.pods), f.podsErr
 }
 
-func (f *fakeDataplane) Apply(_ context.Context, d *policy.Desired) (dataplane.ApplyStats, error) {
+func (f *fakeDataplane) Apply(_ context.Context, d *ruleset.Desired) (dataplane.ApplyStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.applyErr != nil {
@@ -64,7 +65,7 @@ func (f *fakeDataplane) setApplyErr(err error) {
 	f.mu.Unlock()
 }
 
-func (f *fakeDataplane) last() *policy.Desired {
+func (f *fakeDataplane) last() *ruleset.Desired {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.applies) == 0 {
@@ -177,7 +178,7 @@ func allowFrom(ns, name, app, peer string) networkingv1.NetworkPolicy {
 }
 
 // allows reports whether a chain lets anything through.
-func allows(c *policy.Chain) bool {
+func allows(c *ruleset.Chain) bool {
 	if c == nil {
 		return false
 	}
@@ -189,16 +190,16 @@ func allows(c *policy.Chain) bool {
 	return false
 }
 
-func ingressChain(t *testing.T, d *policy.Desired, key string) *policy.Chain {
+func ingressChain(t *testing.T, d *ruleset.Desired, key string) *ruleset.Chain {
 	t.Helper()
 	in, _, err := policy.ChainNames(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d.Chain(policy.IPv4, in)
+	return d.Chain(ruleset.IPv4, in)
 }
 
-func localPod(d *policy.Desired, key string) *policy.LocalPod {
+func localPod(d *ruleset.Desired, key string) *ruleset.LocalPod {
 	if d == nil {
 		return nil
 	}

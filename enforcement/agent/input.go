@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -34,19 +35,19 @@ func buildInput(objs source.Objects, reg *registry, mode policy.Mode, node strin
 type podsMemo struct {
 	src []corev1.Pod // the source's slice the pods were made from
 	// at lists the positions of each pod in src.
-	at map[policy.Ref][]int
+	at map[ruleset.Ref][]int
 	// replaced holds the addresses put in at each position.
 	replaced map[int][]netip.Addr
 	out      []corev1.Pod
 }
 
 // pods returns src with the addresses of the attached pods replaced.
-func (m *podsMemo) pods(src []corev1.Pod, primary map[policy.Ref]*attachment) []corev1.Pod {
+func (m *podsMemo) pods(src []corev1.Pod, primary map[ruleset.Ref]*attachment) []corev1.Pod {
 	if !sameSlice(src, m.src) {
 		m.src, m.out, m.replaced = src, nil, nil
-		m.at = make(map[policy.Ref][]int, len(src))
+		m.at = make(map[ruleset.Ref][]int, len(src))
 		for i := range src {
-			ref := policy.Ref{Namespace: src[i].Namespace, Name: src[i].Name}
+			ref := ruleset.Ref{Namespace: src[i].Namespace, Name: src[i].Name}
 			if ref.Namespace == "" {
 				ref.Namespace = corev1.NamespaceDefault
 			}

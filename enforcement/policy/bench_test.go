@@ -9,6 +9,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/synthetic"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 const localPods = synthetic.LocalPods
@@ -51,7 +52,7 @@ func (c *testCluster) addRemoteCopies(n int) {
 func BenchmarkCompile(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
 	in := c.input(policy.ModeDeny, "node-1")
-	var d *policy.Desired
+	var d *ruleset.Desired
 	for b.Loop() {
 		var err error
 		if d, err = policy.Compile(in); err != nil {
@@ -108,7 +109,7 @@ func BenchmarkCompileAttach(b *testing.B) {
 	without.Cache = policy.NewCache()
 	with := without
 	with.ChainKeys = maps.Clone(without.ChainKeys)
-	with.ChainKeys[policy.Ref{Namespace: "bench", Name: "new"}] = policy.ChainKey("test-net", "new", "eth0")
+	with.ChainKeys[ruleset.Ref{Namespace: "bench", Name: "new"}] = policy.ChainKey("test-net", "new", "eth0")
 	if _, err := policy.Compile(without); err != nil {
 		b.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func BenchmarkCompileAttachKnownPod(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
 	with := versioned(c.input(policy.ModeDeny, "node-1"))
 	with.Cache = policy.NewCache()
-	var ref policy.Ref
+	var ref ruleset.Ref
 	for r := range with.ChainKeys {
 		ref = r
 		break

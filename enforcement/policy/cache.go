@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Cache keeps, between compilations, what Compile derives from single
@@ -56,7 +58,7 @@ type podKey struct {
 // Neither is changed once made.
 type cachedPod struct {
 	info     *podInfo
-	problems []Problem
+	problems []ruleset.Problem
 }
 
 // usage collects what one compilation used, to become the cache.
@@ -100,7 +102,7 @@ func (c *Cache) parsed(u *usage, np *networkingv1.NetworkPolicy) *parsedPolicy {
 
 // pod returns the pod's podInfo and its problems, from the cache when it
 // holds them.
-func (c *Cache) pod(u *usage, pod *corev1.Pod) (*podInfo, []Problem) {
+func (c *Cache) pod(u *usage, pod *corev1.Pod) (*podInfo, []ruleset.Problem) {
 	key, ok := keyOfPod(pod)
 	if !ok {
 		return newPodInfo(pod)

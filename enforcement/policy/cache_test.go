@@ -11,6 +11,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // versioned stamps every object with a resourceVersion derived from its
@@ -55,7 +56,7 @@ func TestCacheGivesTheSameOutput(t *testing.T) {
 		func(in *policy.Input) { in.Pods[7].Labels = map[string]string{"app": "app-1", "tier": "db"} },
 		func(in *policy.Input) {
 			for i := range in.Pods {
-				if _, local := in.ChainKeys[policy.Ref{Namespace: in.Pods[i].Namespace, Name: in.Pods[i].Name}]; local {
+				if _, local := in.ChainKeys[ruleset.Ref{Namespace: in.Pods[i].Namespace, Name: in.Pods[i].Name}]; local {
 					in.Pods[i].Status.PodIPs = []corev1.PodIP{{IP: "100.64.0.9"}}
 					in.Pods[i].Status.PodIP = "100.64.0.9"
 					return
@@ -78,7 +79,7 @@ func TestCacheGivesTheSameOutput(t *testing.T) {
 
 // compileBoth compiles in without a cache, then through cache, and fails
 // the test unless both outputs are the same.
-func compileBoth(t *testing.T, in policy.Input, cache *policy.Cache, what string) (got, want *policy.Desired) {
+func compileBoth(t *testing.T, in policy.Input, cache *policy.Cache, what string) (got, want *ruleset.Desired) {
 	t.Helper()
 	in.Cache = nil
 	want, err := policy.Compile(in)
@@ -95,7 +96,7 @@ func compileBoth(t *testing.T, in policy.Input, cache *policy.Cache, what string
 	return got, want
 }
 
-func comparable(d *policy.Desired) any {
+func comparable(d *ruleset.Desired) any {
 	problems := make([]string, len(d.Problems))
 	for i, p := range d.Problems {
 		problems[i] = p.Error()

@@ -7,11 +7,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // podInfo is what the compiler needs of a pod.
 type podInfo struct {
-	ref    Ref
+	ref    ruleset.Ref
 	labels labels.Set
 	ips    []netip.Addr // sorted, at most one per family in practice
 	ports  []containerPort
@@ -28,10 +30,10 @@ type containerPort struct {
 	port  uint16
 }
 
-func (p *podInfo) addrs(f Family) []netip.Addr {
+func (p *podInfo) addrs(f ruleset.Family) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range p.ips {
-		if familyOf(a) == f {
+		if ruleset.FamilyOf(a) == f {
 			out = append(out, a)
 		}
 	}
@@ -55,18 +57,18 @@ type cluster struct {
 	nsLabels   map[string]labels.Set
 	namespaces []string // every namespace with an object or a pod, sorted
 	pods       []*podInfo
-	byRef      map[Ref]*podInfo
+	byRef      map[ruleset.Ref]*podInfo
 	byNS       map[string][]*podInfo
-	problems   []Problem
+	problems   []ruleset.Problem
 }
 
 // newCluster indexes the objects; derive makes a pod's podInfo (newPodInfo,
 // or a Cache's copy of what it made before).
-func newCluster(namespaces []corev1.Namespace, pods []corev1.Pod, derive func(*corev1.Pod) (*podInfo, []Problem)) *cluster {
+func newCluster(namespaces []corev1.Namespace, pods []corev1.Pod, derive func(*corev1.Pod) (*podInfo, []ruleset.Problem)) *cluster {
 	c := &cluster{
 		nsLabels: map[string]labels.Set{},
 		pods:     make([]*podInfo, 0, len(pods)),
-		byRef:    make(map[Ref]*podInfo, len(pods)),
+		byRef:    make(map[ruleset.Ref]*podInfo, len(pods)),
 		byNS:     map[string][]*podInfo{},
 	}
 	for i := range namespaces {
@@ -109,11 +111,11 @@ func namespaceLabels(name string, l map[string]string) labels.Set {
 }
 
 func (c *cluster) problem(kind, ns, name string, err error) {
-	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
+	c.problems = append(c.problems, ruleset.Problem{Kind: kind, Namespace: ns, Name: name, Err: err})
 }
 
-func (c *cluster) addPod(pod *corev1.Pod, derive func(*corev1.Pod) (*podInfo, []Problem)) {
-	ref := Ref{Namespace: pod.Namespace, Name: pod.Name}
+func (c *cluster) addPod(pod *corev1.Pod, derive func(*corev1.Pod) (*podInfo, []ruleset.Problem)) {
+	ref := ruleset.Ref{Namespace: pod.Namespace, Name: pod.Name}
 	if ref.Namespace == "" {
 		ref.Namespace = corev1.NamespaceDefault
 	}
@@ -129,12 +131,12 @@ func (c *cluster) addPod(pod *corev1.Pod, derive func(*corev1.Pod) (*podInfo, []
 }
 
 // newPodInfo derives what the compiler needs of a pod from the pod alone.
-func newPodInfo(pod *corev1.Pod) (*podInfo, []Problem) {
-	ref := Ref{Namespace: pod.Namespace, Name: pod.Name}
+func newPodInfo(pod *corev1.Pod) (*podInfo, []ruleset.Problem) {
+	ref := ruleset.Ref{Namespace: pod.Namespace, Name: pod.Name}
 	if ref.Namespace == "" {
 		ref.Namespace = corev1.NamespaceDefault
 	}
-	var problems []Problem
+	var problems []ruleset.Problem
 	p := &podInfo{
 		ref:    ref,
 		labels: labels.Set(pod.Labels),
@@ -155,7 +157,7 @@ func newPodInfo(pod *corev1.Pod) (*podInfo, []Problem) {
 	for _, s := range ips {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			problems = append(problems, Problem{Kind: "Pod", Namespace: ref.Namespace, Name: ref.Name,
+			problems = append(problems, ruleset.Problem{Kind: "Pod", Namespace: ref.Namespace, Name: ref.Name,
 				Err: fmt.Errorf("status.podIPs: invalid address %q, ignored", s)})
 			continue
 		}
@@ -201,7 +203,7 @@ func (c *cluster) podsSelectedBy(pp *podPeer) []*podInfo {
 	return out
 }
 
-func compareRef(a, b Ref) int {
+func compareRef(a, b ruleset.Ref) int {
 	if a.Namespace != b.Namespace {
 		if a.Namespace < b.Namespace {
 			return -1

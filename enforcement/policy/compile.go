@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Compile computes the ipsets and chains that enforce the policies for the
@@ -16,7 +18,7 @@ import (
 // reported in Desired.Problems and handled fail-closed (see the package
 // documentation); the error is only for input that makes the whole result
 // meaningless, such as an unknown mode.
-func Compile(in Input) (*Desired, error) {
+func Compile(in Input) (*ruleset.Desired, error) {
 	mode, err := ParseMode(string(in.Mode))
 	if err != nil {
 		return nil, err
@@ -31,7 +33,7 @@ func Compile(in Input) (*Desired, error) {
 		c = newCompiler(in, mode, parsePolicy, newPodInfo)
 	}
 
-	d := &Desired{}
+	d := &ruleset.Desired{}
 	attachments := c.attachments(in)
 	compiled := make(map[string]*compiledAttachment, len(attachments))
 	for _, att := range attachments {
@@ -56,7 +58,7 @@ func Compile(in Input) (*Desired, error) {
 				return nil, err
 			}
 			ca = &compiledAttachment{owners: ownersOf(c, att), pods: lp, chains: chains,
-				problems: append([]Problem(nil), c.problems[problems:]...), sets: c.sets.used}
+				problems: append([]ruleset.Problem(nil), c.problems[problems:]...), sets: c.sets.used}
 		}
 		compiled[att.memoKey()] = ca
 		d.Pods = append(d.Pods, ca.pods...)
@@ -67,12 +69,12 @@ func Compile(in Input) (*Desired, error) {
 	}
 	d.Pending = c.pending(in, attachments)
 	d.Sets = c.sets.finish(c)
-	slices.SortFunc(d.Chains, func(a, b Chain) int {
+	slices.SortFunc(d.Chains, func(a, b ruleset.Chain) int {
 		return cmp.Or(cmp.Compare(a.Family, b.Family), cmp.Compare(a.Name, b.Name))
 	})
-	slices.SortFunc(d.Pods, func(a, b LocalPod) int { return compareRef(a.Pod, b.Pod) })
+	slices.SortFunc(d.Pods, func(a, b ruleset.LocalPod) int { return compareRef(a.Pod, b.Pod) })
 	d.Problems = c.problems
-	slices.SortStableFunc(d.Problems, func(a, b Problem) int {
+	slices.SortStableFunc(d.Problems, func(a, b ruleset.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
 			cmp.Compare(a.Err.Error(), b.Err.Error()))
 	})
@@ -82,7 +84,7 @@ func Compile(in Input) (*Desired, error) {
 // newCompiler indexes the input's objects; parse and derive make a
 // policy's and a pod's derived form (directly, or through a Cache).
 func newCompiler(in Input, mode Mode, parse func(*networkingv1.NetworkPolicy) *parsedPolicy,
-	derive func(*corev1.Pod) (*podInfo, []Problem)) *compiler {
+	derive func(*corev1.Pod) (*podInfo, []ruleset.Problem)) *compiler {
 	c := &compiler{
 		mode:     mode,
 		cluster:  newCluster(in.Namespaces, in.Pods, derive),
@@ -102,15 +104,15 @@ type compiler struct {
 	byNS     map[string][]*parsedPolicy
 	sets     *setRegistry
 	selCache map[string][]*podInfo
-	problems []Problem
+	problems []ruleset.Problem
 }
 
-func (c *compiler) problem(kind string, ref Ref, err error) {
-	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
+func (c *compiler) problem(kind string, ref ruleset.Ref, err error) {
+	c.problems = append(c.problems, ruleset.Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
 }
 
 func (c *compiler) parsePolicies(in Input, parse func(*networkingv1.NetworkPolicy) *parsedPolicy) {
-	seen := map[Ref]bool{}
+	seen := map[ruleset.Ref]bool{}
 	for i := range in.Policies {
 		p := parse(&in.Policies[i])
 		if seen[p.ref] {
@@ -132,11 +134,11 @@ func (c *compiler) parsePolicies(in Input, parse func(*networkingv1.NetworkPolic
 // attachment is one chain key and the pods that claim it: normally one.
 type attachment struct {
 	key  string
-	refs []Ref
+	refs []ruleset.Ref
 }
 
 func (c *compiler) attachments(in Input) []attachment {
-	byKey := map[string][]Ref{}
+	byKey := map[string][]ruleset.Ref{}
 	for ref, key := range in.ChainKeys {
 		if ref.Namespace == "" {
 			ref.Namespace = corev1.NamespaceDefault
@@ -160,17 +162,17 @@ func (c *compiler) attachments(in Input) []attachment {
 }
 
 // pending lists the pods scheduled here that have no usable chain key.
-func (c *compiler) pending(in Input, attachments []attachment) []Ref {
+func (c *compiler) pending(in Input, attachments []attachment) []ruleset.Ref {
 	if in.Node == "" {
 		return nil
 	}
-	keyed := map[Ref]bool{}
+	keyed := map[ruleset.Ref]bool{}
 	for _, att := range attachments {
 		for _, ref := range att.refs {
 			keyed[ref] = true
 		}
 	}
-	var out []Ref
+	var out []ruleset.Ref
 	for _, p := range c.cluster.pods {
 		if p.node == in.Node && !keyed[p.ref] {
 			out = append(out, p.ref)
@@ -179,14 +181,14 @@ func (c *compiler) pending(in Input, attachments []attachment) []Ref {
 	return out
 }
 
-func (c *compiler) compileAttachment(att attachment) ([]LocalPod, []Chain, error) {
+func (c *compiler) compileAttachment(att attachment) ([]ruleset.LocalPod, []ruleset.Chain, error) {
 	inName, outName, err := ChainNames(att.key)
 	if err != nil {
 		return nil, nil, err
 	}
-	var pods []LocalPod
+	var pods []ruleset.LocalPod
 	for _, ref := range att.refs {
-		lp := LocalPod{Pod: ref, Key: att.key, IngressChain: inName, EgressChain: outName}
+		lp := ruleset.LocalPod{Pod: ref, Key: att.key, IngressChain: inName, EgressChain: outName}
 		if p := c.cluster.byRef[ref]; p != nil {
 			lp.IPs = slices.Clone(p.ips)
 		}
@@ -198,36 +200,36 @@ func (c *compiler) compileAttachment(att attachment) ([]LocalPod, []Chain, error
 			c.problem("ChainKey", ref, fmt.Errorf("chain key %s is claimed by %d pods; all their traffic is dropped", att.key, len(att.refs)))
 		}
 	}
-	var chains []Chain
-	for _, f := range Families() {
-		for _, dir := range []Direction{Ingress, Egress} {
+	var chains []ruleset.Chain
+	for _, f := range ruleset.Families() {
+		for _, dir := range []ruleset.Direction{ruleset.Ingress, ruleset.Egress} {
 			name := inName
-			if dir == Egress {
+			if dir == ruleset.Egress {
 				name = outName
 			}
-			var rules []Rule
+			var rules []ruleset.Rule
 			if len(att.refs) > 1 {
-				rules = []Rule{withComment(nil, fmt.Sprintf("%s %s: chain key shared by %d pods, drop all", owner, dir, len(att.refs)), TargetDeny)}
+				rules = []ruleset.Rule{withComment(nil, fmt.Sprintf("%s %s: chain key shared by %d pods, drop all", owner, dir, len(att.refs)), TargetDeny)}
 			} else {
 				rules, err = c.podRules(owner, c.cluster.byRef[owner], f, dir)
 				if err != nil {
 					return nil, nil, err
 				}
 			}
-			chains = append(chains, Chain{Family: f, Name: name, Pod: owner, Direction: dir, Rules: rules})
+			chains = append(chains, ruleset.Chain{Family: f, Name: name, Pod: owner, Direction: dir, Rules: rules})
 		}
 	}
 	return pods, chains, nil
 }
 
 // podRules is the chain of one pod, one family, one direction.
-func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]Rule, error) {
+func (c *compiler) podRules(ref ruleset.Ref, pod *podInfo, f ruleset.Family, dir ruleset.Direction) ([]ruleset.Rule, error) {
 	who := ref.String() + " " + string(dir)
 	if pod == nil {
-		return []Rule{withComment(nil, who+": pod unknown to the policy engine, drop all", TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, who+": pod unknown to the policy engine, drop all", TargetDeny)}, nil
 	}
 	if len(pod.addrs(f)) == 0 {
-		return []Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
 	}
 	var selecting []*parsedPolicy
 	for _, p := range c.byNS[ref.Namespace] {
@@ -237,11 +239,11 @@ func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]R
 	}
 	if len(selecting) == 0 {
 		if c.mode == ModeKubernetes {
-			return []Rule{withComment(nil, who+": no policy selects this pod, allow all (kubernetes mode)", TargetAllow)}, nil
+			return []ruleset.Rule{withComment(nil, who+": no policy selects this pod, allow all (kubernetes mode)", TargetAllow)}, nil
 		}
-		return []Rule{withComment(nil, who+": no policy selects this pod, default deny (deny mode)", TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, who+": no policy selects this pod, default deny (deny mode)", TargetDeny)}, nil
 	}
-	var out []Rule
+	var out []ruleset.Rule
 	seen := map[string]bool{}
 	for _, p := range selecting {
 		rules, err := c.policyRules(who, pod, f, dir, p)
@@ -255,7 +257,7 @@ func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]R
 			}
 			// A rule without a target changes nothing; it shows who
 			// isolates the pod.
-			rules = []Rule{withComment(nil, fmt.Sprintf("%s: isolated by %s, which %s", who, p.ref, why), "")}
+			rules = []ruleset.Rule{withComment(nil, fmt.Sprintf("%s: isolated by %s, which %s", who, p.ref, why), "")}
 		}
 		for _, r := range rules {
 			k := strings.Join(r, "\x00")
@@ -288,12 +290,12 @@ type peerMatch struct {
 }
 
 // policyRules renders what one policy allows for one pod, in rule order.
-func (c *compiler) policyRules(who string, pod *podInfo, f Family, dir Direction, p *parsedPolicy) ([]Rule, error) {
+func (c *compiler) policyRules(who string, pod *podInfo, f ruleset.Family, dir ruleset.Direction, p *parsedPolicy) ([]ruleset.Rule, error) {
 	flag, preposition, anyone := "src", "from", "any source"
-	if dir == Egress {
+	if dir == ruleset.Egress {
 		flag, preposition, anyone = "dst", "to", "any destination"
 	}
-	var out []Rule
+	var out []ruleset.Rule
 	for _, r := range p.rules(dir) {
 		label := fmt.Sprintf("%s: allowed by %s rule %d %s ", who, p.ref, r.number, preposition)
 
@@ -358,7 +360,7 @@ func (c *compiler) policyRules(who string, pod *podInfo, f Family, dir Direction
 // the named ports that must be resolved on each destination. Ingress named
 // ports resolve on the pod itself. With no ports at all it returns one
 // match for anything.
-func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portMatch, []portSpec) {
+func (c *compiler) rulePorts(pod *podInfo, dir ruleset.Direction, r parsedRule) ([]portMatch, []portSpec) {
 	if r.anyPort {
 		return []portMatch{{}}, nil
 	}
@@ -371,7 +373,7 @@ func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portM
 			anyPort[ps.proto] = true
 		case ps.name == "":
 			ranges[ps.proto] = append(ranges[ps.proto], portRange{ps.first, ps.last})
-		case dir == Ingress:
+		case dir == ruleset.Ingress:
 			for _, n := range pod.namedPort(ps.name, ps.proto) {
 				ranges[ps.proto] = append(ranges[ps.proto], portRange{n, n})
 			}
@@ -390,7 +392,7 @@ func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portM
 
 // namedPortPeers returns, for an egress named port, one hash:ip,port set per
 // peer of the rule (args[0] is the set name).
-func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f Family) ([]peerMatch, error) {
+func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f ruleset.Family) ([]peerMatch, error) {
 	suffix := " on port " + np.String()
 	if r.anyPeer {
 		name, err := c.namedPortSet(allPodsPeer(), nil, np, f)

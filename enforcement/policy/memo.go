@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // A Cache also keeps what the last compilation derived from its objects as
@@ -47,7 +49,7 @@ type policiesMemo struct {
 
 	parsed   []*parsedPolicy
 	byNS     map[string][]*parsedPolicy
-	problems []Problem
+	problems []ruleset.Problem
 	// attachments compiled by the last compilation, by memoKey.
 	attachments map[string]*compiledAttachment
 }
@@ -66,9 +68,9 @@ type podIdentity struct {
 // have the same podInfo (a Cache hands out one podInfo per pod version).
 type compiledAttachment struct {
 	owners   []*podInfo // the podInfo of each ref, nil when unknown
-	pods     []LocalPod
-	chains   []Chain
-	problems []Problem
+	pods     []ruleset.LocalPod
+	chains   []ruleset.Chain
+	problems []ruleset.Problem
 	sets     []*pendingSet
 }
 
@@ -199,7 +201,7 @@ func (c *Cache) memoCompiler(in Input, mode Mode) (*compiler, *policiesMemo) {
 		comp.sets.members = next.members
 	} else {
 		u := &usage{pods: make(map[podKey]*cachedPod, len(in.Pods))}
-		comp.cluster = newCluster(in.Namespaces, in.Pods, func(p *corev1.Pod) (*podInfo, []Problem) { return c.pod(u, p) })
+		comp.cluster = newCluster(in.Namespaces, in.Pods, func(p *corev1.Pod) (*podInfo, []ruleset.Problem) { return c.pod(u, p) })
 		comp.selCache = map[string][]*podInfo{}
 		c.pods = u.pods
 		c.cluster = nil
@@ -223,7 +225,7 @@ func (c *Cache) memoCompiler(in Input, mode Mode) (*compiler, *policiesMemo) {
 	c.policiesMemo = nil
 	if keys, ok := policiesIdentity(in); ok {
 		c.policiesMemo = &policiesMemo{mode: mode, policies: keys, parsed: comp.policies, byNS: comp.byNS,
-			problems: append([]Problem(nil), comp.problems[before:]...)}
+			problems: append([]ruleset.Problem(nil), comp.problems[before:]...)}
 	}
 	return comp, c.policiesMemo
 }
@@ -253,7 +255,7 @@ func (c *Cache) patchCluster(in Input) (*clusterMemo, bool) {
 	}
 	type change struct {
 		i        int
-		ref      Ref
+		ref      ruleset.Ref
 		oldKey   podKey
 		newKey   podKey
 		old, new *cachedPod
@@ -274,7 +276,7 @@ func (c *Cache) patchCluster(in Input) (*clusterMemo, bool) {
 		if !ok {
 			return nil, false
 		}
-		ch := change{i: i, ref: Ref{Namespace: p.Namespace, Name: p.Name}, oldKey: id.key(), newKey: newKey}
+		ch := change{i: i, ref: ruleset.Ref{Namespace: p.Namespace, Name: p.Name}, oldKey: id.key(), newKey: newKey}
 		if ch.ref.Namespace == "" {
 			ch.ref.Namespace = corev1.NamespaceDefault
 		}

@@ -5,6 +5,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // The cheap paths are taken when they may be: the same objects reuse the
@@ -22,7 +24,7 @@ func TestCacheTakesTheCheapPaths(t *testing.T) {
 		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x", ResourceVersion: "1"}}},
 		Pods:       []corev1.Pod{pod("a", "10.0.0.1", "1"), pod("b", "10.0.0.2", "1"), pod("c", "10.0.0.3", "1")},
 		Mode:       ModeDeny,
-		ChainKeys:  map[Ref]string{{Namespace: "x", Name: "a"}: "AAAA", {Namespace: "x", Name: "b"}: "BBBB"},
+		ChainKeys:  map[ruleset.Ref]string{{Namespace: "x", Name: "a"}: "AAAA", {Namespace: "x", Name: "b"}: "BBBB"},
 		Cache:      NewCache(),
 	}
 	compile := func() {
@@ -50,7 +52,7 @@ func TestCacheTakesTheCheapPaths(t *testing.T) {
 	if patched == first || len(patched.namespaces) != len(first.namespaces) || &patched.namespaces[0] != &first.namespaces[0] {
 		t.Error("the cluster was not patched")
 	}
-	if patched.byRef[Ref{Namespace: "x", Name: "a"}].ips[0].String() != "100.64.0.1" {
+	if patched.byRef[ruleset.Ref{Namespace: "x", Name: "a"}].ips[0].String() != "100.64.0.1" {
 		t.Error("the patched cluster has a's old address")
 	}
 	if in.Cache.policiesMemo.attachments["BBBB\x00x/b"] != chainsOfB {

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // A Cache reuses what it compiled from the same pods and namespaces, and
@@ -21,21 +22,21 @@ import (
 func TestCacheReusesWhatDidNotChange(t *testing.T) {
 	c := syntheticCluster(600, 10, 120)
 	base := versioned(c.input(policy.ModeDeny, "node-1"))
-	var local []policy.Ref
+	var local []ruleset.Ref
 	for ref := range base.ChainKeys {
 		local = append(local, ref)
 	}
 	if len(local) < 3 {
 		t.Fatalf("want local pods, got %d", len(local))
 	}
-	var remote policy.Ref
+	var remote ruleset.Ref
 	for _, p := range base.Pods {
-		if ref := (policy.Ref{Namespace: p.Namespace, Name: p.Name}); base.ChainKeys[ref] == "" {
+		if ref := (ruleset.Ref{Namespace: p.Namespace, Name: p.Name}); base.ChainKeys[ref] == "" {
 			remote = ref
 			break
 		}
 	}
-	keys := func(edit func(k map[policy.Ref]string)) func(in *policy.Input) {
+	keys := func(edit func(k map[ruleset.Ref]string)) func(in *policy.Input) {
 		return func(in *policy.Input) {
 			in.ChainKeys = maps.Clone(in.ChainKeys)
 			edit(in.ChainKeys)
@@ -43,10 +44,10 @@ func TestCacheReusesWhatDidNotChange(t *testing.T) {
 	}
 	steps := []func(in *policy.Input){
 		func(in *policy.Input) {},
-		keys(func(k map[policy.Ref]string) { delete(k, local[0]) }),
-		keys(func(k map[policy.Ref]string) { k[policy.Ref{Namespace: "bench", Name: "new"}] = "NEWNEWNEWNEWNEW0" }),
-		keys(func(k map[policy.Ref]string) { k[remote] = "REMOTEREMOTEREM0" }),
-		keys(func(k map[policy.Ref]string) { k[remote] = k[local[1]] }),
+		keys(func(k map[ruleset.Ref]string) { delete(k, local[0]) }),
+		keys(func(k map[ruleset.Ref]string) { k[ruleset.Ref{Namespace: "bench", Name: "new"}] = "NEWNEWNEWNEWNEW0" }),
+		keys(func(k map[ruleset.Ref]string) { k[remote] = "REMOTEREMOTEREM0" }),
+		keys(func(k map[ruleset.Ref]string) { k[remote] = k[local[1]] }),
 		func(in *policy.Input) {
 			in.Pods = append([]corev1.Pod(nil), in.Pods...)
 			for i := range in.Pods {
@@ -78,7 +79,7 @@ func TestCacheReusesWhatDidNotChange(t *testing.T) {
 	order = append(order, 0, 3, 1)
 	cache := policy.NewCache()
 	type output struct {
-		got  *policy.Desired
+		got  *ruleset.Desired
 		want any
 	}
 	var outputs []output
@@ -98,7 +99,7 @@ func TestCacheReusesWhatDidNotChange(t *testing.T) {
 }
 
 // relabel gives a pod new labels and a new resourceVersion.
-func relabel(ref policy.Ref, labels map[string]string) func(in *policy.Input) {
+func relabel(ref ruleset.Ref, labels map[string]string) func(in *policy.Input) {
 	return func(in *policy.Input) {
 		in.Pods = append([]corev1.Pod(nil), in.Pods...)
 		for i := range in.Pods {

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // setRegistry hands out set names by content and fills the sets in at the
@@ -23,7 +25,7 @@ type setRegistry struct {
 }
 
 type pendingSet struct {
-	set IPSet
+	set ruleset.IPSet
 	key string
 	// members computes the set's members from the compiler's cluster; it
 	// captures nothing else that depends on the cluster, so that a set
@@ -33,7 +35,7 @@ type pendingSet struct {
 
 func newSetRegistry() *setRegistry { return &setRegistry{sets: map[string]*pendingSet{}} }
 
-func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment string, members func(*compiler) []string) (string, error) {
+func (r *setRegistry) use(kind setKind, f ruleset.Family, typ ruleset.SetType, key, comment string, members func(*compiler) []string) (string, error) {
 	name := setName(kind, f, key)
 	if s, ok := r.sets[name]; ok {
 		if s.key != key {
@@ -43,7 +45,7 @@ func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment stri
 		return name, nil
 	}
 	s := &pendingSet{
-		set:     IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
+		set:     ruleset.IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
 		key:     key,
 		members: members,
 	}
@@ -62,8 +64,8 @@ func (r *setRegistry) adopt(s *pendingSet) error {
 	return nil
 }
 
-func (r *setRegistry) finish(c *compiler) []IPSet {
-	out := make([]IPSet, 0, len(r.sets))
+func (r *setRegistry) finish(c *compiler) []ruleset.IPSet {
+	out := make([]ruleset.IPSet, 0, len(r.sets))
 	for _, s := range r.sets {
 		set := s.set
 		if m, ok := r.members[set.Name]; ok {
@@ -82,13 +84,13 @@ func (r *setRegistry) finish(c *compiler) []IPSet {
 			delete(r.members, name)
 		}
 	}
-	slices.SortFunc(out, func(a, b IPSet) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b ruleset.IPSet) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
 // podSet names the hash:ip set of the pods a peer selects.
-func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
-	return c.sets.use(kindPods, f, SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func(c *compiler) []string {
+func (c *compiler) podSet(pp *podPeer, f ruleset.Family) (string, error) {
+	return c.sets.use(kindPods, f, ruleset.SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func(c *compiler) []string {
 		var addrs []netip.Addr
 		for _, p := range c.selected(pp) {
 			addrs = append(addrs, p.addrs(f)...)
@@ -108,7 +110,7 @@ func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
 // matching prefix, so an address inside an except does not match.
 func (c *compiler) cidrSet(b *ipBlock) (string, error) {
 	f := b.family()
-	return c.sets.use(kindCIDR, f, SetHashNet, b.key, b.desc, func(*compiler) []string { return cidrMembers(b) })
+	return c.sets.use(kindCIDR, f, ruleset.SetHashNet, b.key, b.desc, func(*compiler) []string { return cidrMembers(b) })
 }
 
 func cidrMembers(b *ipBlock) []string {
@@ -163,7 +165,7 @@ func formatNet(p netip.Prefix) string {
 // named port, which resolves on each destination pod separately. A nil
 // peer means every pod; an ipBlock peer means every pod whose address is in
 // the block.
-func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f Family) (string, error) {
+func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f ruleset.Family) (string, error) {
 	proto := ipsetProto(port.proto)
 	var key, desc string
 	switch {
@@ -174,7 +176,7 @@ func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f Family
 	}
 	key += "|port:" + proto + "/" + port.name
 	desc += " serving " + port.name + " (" + proto + ", " + f.String() + ")"
-	return c.sets.use(kindPodPort, f, SetHashIPPort, key, desc, func(c *compiler) []string {
+	return c.sets.use(kindPodPort, f, ruleset.SetHashIPPort, key, desc, func(c *compiler) []string {
 		var pods []*podInfo
 		if b != nil {
 			pods = c.allPeerPods()
