@@ -7,13 +7,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Fingerprints are in the kernels of running nodes: the function must keep
 // giving what it always gave, or every chain is rewritten once.
 func TestFingerprintStable(t *testing.T) {
-	reference := func(c policy.Chain) string {
+	reference := func(c ruleset.Chain) string {
 		h := sha256.New()
 		fmt.Fprintf(h, "%s\n%s\n", c.Family, c.Name)
 		for _, r := range c.Rules {
@@ -24,9 +24,9 @@ func TestFingerprintStable(t *testing.T) {
 		}
 		return fmt.Sprintf("podwall: rules sha256=%s n=%d", hex.EncodeToString(h.Sum(nil))[:24], len(c.Rules))
 	}
-	for _, c := range []policy.Chain{
-		{Family: policy.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA"},
-		{Family: policy.IPv6, Name: "PODWALL-OUT-AAAAAAAAAAAAAAAA", Rules: []policy.Rule{
+	for _, c := range []ruleset.Chain{
+		{Family: ruleset.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA"},
+		{Family: ruleset.IPv6, Name: "PODWALL-OUT-AAAAAAAAAAAAAAAA", Rules: []ruleset.Rule{
 			{"-p", "tcp", "-m", "set", "--match-set", "PODWALL-PODS6-X", "dst", "-m", "comment", "--comment", "a: allowed", "-j", "RETURN"},
 			{"", "-m", "comment", "--comment", "x: default deny", "-j", "DROP"},
 		}},
@@ -40,9 +40,9 @@ func TestFingerprintStable(t *testing.T) {
 // A chain the plugin just created gets its rules inserted ahead of the
 // default deny: a commit that deletes nothing.
 func TestWriteChainIntoFreshChainOnlyInserts(t *testing.T) {
-	allow := policy.Rule{"-p", "tcp", "-m", "comment", "--comment", "x/a ingress: allowed", "-j", "RETURN"}
-	deny := policy.Rule{"-m", "comment", "--comment", "x/a ingress: default deny", "-j", "DROP"}
-	c := policy.Chain{Family: policy.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA", Rules: []policy.Rule{allow, deny}}
+	allow := ruleset.Rule{"-p", "tcp", "-m", "comment", "--comment", "x/a ingress: allowed", "-j", "RETURN"}
+	deny := ruleset.Rule{"-m", "comment", "--comment", "x/a ingress: default deny", "-j", "DROP"}
+	c := ruleset.Chain{Family: ruleset.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA", Rules: []ruleset.Rule{allow, deny}}
 	fp := fingerprint(c)
 
 	s := &script{}
@@ -62,7 +62,7 @@ func TestWriteChainIntoFreshChainOnlyInserts(t *testing.T) {
 
 	// Without a final unconditional verdict the default deny would not be
 	// dead: flush and refill.
-	open := policy.Chain{Family: policy.IPv4, Name: c.Name, Rules: []policy.Rule{allow}}
+	open := ruleset.Chain{Family: ruleset.IPv4, Name: c.Name, Rules: []ruleset.Rule{allow}}
 	s = &script{}
 	cs = writeChain(s, open, fingerprint(open), true)
 	if got := string(s.bytes()); !strings.Contains(got, ":PODWALL-IN-AAAAAAAAAAAAAAAA - [0:0]\n-A ") || strings.Contains(got, "-I ") {
@@ -82,7 +82,7 @@ func TestWriteChainIntoFreshChainOnlyInserts(t *testing.T) {
 // The state read back from iptables-save recognises both shapes of an
 // up-to-date chain, and the plugin's fresh chain.
 func TestChainStatesReadBack(t *testing.T) {
-	c := policy.Chain{Family: policy.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA", Rules: []policy.Rule{
+	c := ruleset.Chain{Family: ruleset.IPv4, Name: "PODWALL-IN-AAAAAAAAAAAAAAAA", Rules: []ruleset.Rule{
 		{"-m", "set", "--match-set", "PODWALL-PODS4-X", "src", "-m", "comment", "--comment", "allowed", "-j", "RETURN"},
 		{"-m", "comment", "--comment", "default deny", "-j", "DROP"},
 	}}
@@ -123,13 +123,13 @@ COMMIT
 // A chain remembered with its rules is compared by content, not by where
 // the rules are stored.
 func TestChainStateHoldsComparesContent(t *testing.T) {
-	rules := []policy.Rule{{"-p", "tcp", "-j", "RETURN"}, {"-j", "DROP"}}
+	rules := []ruleset.Rule{{"-p", "tcp", "-j", "RETURN"}, {"-j", "DROP"}}
 	cs := chainState{rules: rules}
-	same := []policy.Rule{{"-p", "tcp", "-j", "RETURN"}, {"-j", "DROP"}}
+	same := []ruleset.Rule{{"-p", "tcp", "-j", "RETURN"}, {"-j", "DROP"}}
 	if !cs.holds(same) {
 		t.Error("equal rules not recognised")
 	}
-	for _, other := range [][]policy.Rule{
+	for _, other := range [][]ruleset.Rule{
 		{{"-p", "udp", "-j", "RETURN"}, {"-j", "DROP"}},
 		{{"-p", "tcp", "-j", "RETURN"}},
 		{{"-p", "tcp", "-j", "RETURN"}, {"-j", "DROP"}, {"-j", "DROP"}},

@@ -16,6 +16,7 @@ import (
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/synthetic"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/test/harness"
 )
 
@@ -34,7 +35,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 	node := harness.NewNode(b)
 	s := &scaleNode{node: node, dir: node.Dir + "/state"}
 	spods := synthetic.Pods(5000, 50)
-	in := policy.Input{Node: synthetic.LocalNode, Mode: policy.ModeDeny, ChainKeys: map[policy.Ref]string{},
+	in := policy.Input{Node: synthetic.LocalNode, Mode: policy.ModeDeny, ChainKeys: map[ruleset.Ref]string{},
 		Policies: synthetic.Policies(1000, 50)}
 	for i := range 50 {
 		in.Namespaces = append(in.Namespaces, synthetic.Namespace(i))
@@ -53,7 +54,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 			}
 		}
 		s.local = append(s.local, dp)
-		in.ChainKeys[policy.Ref{Namespace: p.Namespace, Name: p.Name}] = key
+		in.ChainKeys[ruleset.Ref{Namespace: p.Namespace, Name: p.Name}] = key
 	}
 	s.in = in
 	s.do(b, func(ctx context.Context, d *dataplane.Dataplane) error {
@@ -70,7 +71,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 
 // compile compiles the cluster with one extra policy whose port is
 // variant: a change that rewrites the ingress chains of a few local pods.
-func (s *scaleNode) compile(b *testing.B, variant int) *policy.Desired {
+func (s *scaleNode) compile(b *testing.B, variant int) *ruleset.Desired {
 	b.Helper()
 	in := s.in
 	tcp := corev1.ProtocolTCP
@@ -114,7 +115,7 @@ func (s *scaleNode) do(b *testing.B, fn func(ctx context.Context, d *dataplane.D
 // the plugin's ADD does it (the removal is not timed).
 func BenchmarkDataplaneAtScale(b *testing.B) {
 	s := newScaleNode(b)
-	desired := []*policy.Desired{s.compile(b, 1), s.compile(b, 2)}
+	desired := []*ruleset.Desired{s.compile(b, 1), s.compile(b, 2)}
 	b.Run("ApplyUnchanged", func(b *testing.B) {
 		s.do(b, func(ctx context.Context, d *dataplane.Dataplane) error {
 			if _, err := d.Apply(ctx, desired[0]); err != nil {
@@ -153,7 +154,7 @@ func BenchmarkDataplaneAtScale(b *testing.B) {
 	b.Run("ApplyAttach", func(b *testing.B) {
 		extra := s.local[0]
 		extra.Key, extra.Name, extra.ContainerID, extra.HostIface = "BENCHATTACH", "bench-attach", "bench-attach", "vethattach"
-		ref := policy.Ref{Namespace: extra.Namespace, Name: extra.Name}
+		ref := ruleset.Ref{Namespace: extra.Namespace, Name: extra.Name}
 		s.in.ChainKeys[ref] = extra.Key
 		with := s.compile(b, 1)
 		delete(s.in.ChainKeys, ref)

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func TestEnsurePodIdempotent(t *testing.T) {
@@ -167,7 +167,7 @@ spec:
   - to: [{podSelector: {matchLabels: {app: web}}}]
     ports: [{port: http, protocol: TCP}]
 `)
-	apply := func(want func(dataplane.ApplyStats) bool, desired *policy.Desired) {
+	apply := func(want func(dataplane.ApplyStats) bool, desired *ruleset.Desired) {
 		t.Helper()
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {
 			st, err := d.Apply(ctx, desired)

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func TestJournalRecordsAndAccounts(t *testing.T) {
@@ -31,18 +31,18 @@ func TestJournalRecordsAndAccounts(t *testing.T) {
 		t.Fatalf("since: %+v, %v", entries, ok)
 	}
 	in, out := policyChains("AAAA")
-	st := &kernelState{chains: map[policy.Family]map[string]chainState{
-		policy.IPv4: {fromPodChain("AAAA"): {}, in: {n: 3, fp: "fp"}, out: {n: 1, denyTail: true}},
-		policy.IPv6: {},
+	st := &kernelState{chains: map[ruleset.Family]map[string]chainState{
+		ruleset.IPv4: {fromPodChain("AAAA"): {}, in: {n: 3, fp: "fp"}, out: {n: 1, denyTail: true}},
+		ruleset.IPv6: {},
 	}}
 	if !st.replay(entries) {
 		t.Fatal("replay refused a complete journal")
 	}
-	if _, ok := st.chains[policy.IPv4][in]; ok {
+	if _, ok := st.chains[ruleset.IPv4][in]; ok {
 		t.Error("removed pod's chain still remembered")
 	}
 	bIn, _ := policyChains("BBBB")
-	for _, f := range policy.Families() {
+	for _, f := range ruleset.Families() {
 		if c, ok := st.chains[f][bIn]; !ok || !c.onlyDefaultDeny() {
 			t.Errorf("%s: ensured pod's policy chain %+v, %v", f, c, ok)
 		}

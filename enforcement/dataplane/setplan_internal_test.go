@@ -4,7 +4,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Existing sets shrink before the rules change and grow after them; a new
@@ -16,7 +16,7 @@ func TestPlanSetsShrinksBeforeAndGrowsAfter(t *testing.T) {
 			"10.0.0.0/8": "10.0.0.0/8", "10.1.0.0/16": "10.1.0.0/16 nomatch", "10.2.0.0/16": "10.2.0.0/16"}},
 		"PODWALL-PODS4-GONE": {typ: "hash:ip", family: "inet", members: map[string]string{}},
 	}
-	desired := []policy.IPSet{
+	desired := []ruleset.IPSet{
 		{Name: "PODWALL-PODS4-A", Family: "inet", Type: "hash:ip", Members: []string{"10.0.0.2", "10.0.0.3"}},
 		// 10.1/16 loses its nomatch (grows), 10.2/16 gains one (shrinks).
 		{Name: "PODWALL-CIDR4-B", Family: "inet", Type: "hash:net", Members: []string{"10.0.0.0/8", "10.2.0.0/16 nomatch"}},
