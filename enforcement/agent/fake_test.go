@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podwall/podwall/enforcement/changes"
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/ruleset"
@@ -80,10 +81,13 @@ func (f *fakeDataplane) count() int {
 	return len(f.applies)
 }
 
-// fakeSource is a Source whose objects the test sets.
+// fakeSource is a Source whose objects the test sets. It does not know
+// what changed when they are set (nor at the first Snapshot): nothing
+// else, as far as it knows.
 type fakeSource struct {
 	mu      sync.Mutex
 	objs    source.Objects
+	changed changes.Set
 	err     error
 	changes chan struct{}
 	resyncs int
@@ -96,10 +100,12 @@ func newFakeSource(objs source.Objects) *fakeSource {
 func (s *fakeSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (s *fakeSource) Changes() <-chan struct{}      { return s.changes }
 
-func (s *fakeSource) Snapshot() (source.Objects, error) {
+func (s *fakeSource) Snapshot() (source.Objects, changes.Set, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.objs, s.err
+	ch := s.changed
+	s.changed = changes.None()
+	return s.objs, ch, s.err
 }
 
 func (s *fakeSource) Resync(context.Context) error {
@@ -112,6 +118,7 @@ func (s *fakeSource) Resync(context.Context) error {
 func (s *fakeSource) set(objs source.Objects) {
 	s.mu.Lock()
 	s.objs = objs
+	s.changed = changes.Rebuild()
 	s.mu.Unlock()
 	select {
 	case s.changes <- struct{}{}:

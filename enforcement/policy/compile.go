@@ -2,7 +2,6 @@ package policy
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,31 +18,74 @@ import (
 // documentation); the error is only for input that makes the whole result
 // meaningless, such as an unknown mode.
 func Compile(in Input) (*ruleset.Desired, error) {
+	c, err := newCompiler(in)
+	if err != nil {
+		return nil, err
+	}
+	return c.compile(in, nil)
+}
+
+// compiler holds what is derived from the input's objects. Compile makes
+// one per compilation; a Cache keeps one and patches it (see Cache).
+type compiler struct {
+	mode     Mode
+	cluster  *cluster
+	policies *policyIndex
+	// selections are the pods each pod peer selects, by peer key, made
+	// when a set's members are first needed.
+	selections map[string]*peerSelection
+	// members are those of the sets filled so far, by set name.
+	members map[string]setMembers
+	// compiled holds what each attachment compiled to, by memoKey.
+	compiled map[string]*compiledAttachment
+
+	// Of the compilation under way.
+	sets     *setRegistry
+	problems []ruleset.Problem
+}
+
+// peerSelection is the pods a peer selects, sorted by ref.
+type peerSelection struct {
+	peer *podPeer
+	pods []*podInfo
+}
+
+// compiledAttachment is what compileAttachment produced for one
+// attachment and the sets it registered on the way.
+type compiledAttachment struct {
+	pods     []ruleset.LocalPod
+	chains   []ruleset.Chain
+	problems []ruleset.Problem
+	sets     []*pendingSet
+}
+
+func newCompiler(in Input) (*compiler, error) {
 	mode, err := ParseMode(string(in.Mode))
 	if err != nil {
 		return nil, err
 	}
-	var c *compiler
-	var memo *policiesMemo
-	if in.Cache != nil {
-		in.Cache.mu.Lock()
-		defer in.Cache.mu.Unlock()
-		c, memo = in.Cache.memoCompiler(in, mode)
-	} else {
-		c = newCompiler(in, mode, parsePolicy, newPodInfo)
-	}
+	return &compiler{
+		mode:       mode,
+		cluster:    newCluster(in.Namespaces, in.Pods, in.PodIPs),
+		policies:   newPolicyIndex(in.Policies),
+		selections: map[string]*peerSelection{},
+		members:    map[string]setMembers{},
+		compiled:   map[string]*compiledAttachment{},
+	}, nil
+}
 
+// compile renders the output. An attachment compiled before is compiled
+// again only when recompile (nil: never) says that what it depends on
+// changed.
+func (c *compiler) compile(in Input, recompile func(attachment) bool) (*ruleset.Desired, error) {
+	c.sets = newSetRegistry(c.members)
+	c.problems = append(c.cluster.problems(), c.policies.problems()...)
 	d := &ruleset.Desired{}
 	attachments := c.attachments(in)
 	compiled := make(map[string]*compiledAttachment, len(attachments))
 	for _, att := range attachments {
-		var ca *compiledAttachment
-		if memo != nil {
-			if prev := memo.attachments[att.memoKey()]; prev != nil && prev.holdsFor(c, att) {
-				ca = prev
-			}
-		}
-		if ca != nil {
+		ca := c.compiled[att.memoKey()]
+		if ca != nil && (recompile == nil || !recompile(att)) {
 			for _, ps := range ca.sets {
 				if err := c.sets.adopt(ps); err != nil {
 					return nil, err
@@ -57,16 +99,14 @@ func Compile(in Input) (*ruleset.Desired, error) {
 			if err != nil {
 				return nil, err
 			}
-			ca = &compiledAttachment{owners: ownersOf(c, att), pods: lp, chains: chains,
-				problems: append([]ruleset.Problem(nil), c.problems[problems:]...), sets: c.sets.used}
+			ca = &compiledAttachment{pods: lp, chains: chains,
+				problems: slices.Clone(c.problems[problems:]), sets: c.sets.used}
 		}
 		compiled[att.memoKey()] = ca
 		d.Pods = append(d.Pods, ca.pods...)
 		d.Chains = append(d.Chains, ca.chains...)
 	}
-	if memo != nil {
-		memo.attachments = compiled
-	}
+	c.compiled = compiled
 	d.Pending = c.pending(in, attachments)
 	d.Sets = c.sets.finish(c)
 	slices.SortFunc(d.Chains, func(a, b ruleset.Chain) int {
@@ -78,57 +118,82 @@ func Compile(in Input) (*ruleset.Desired, error) {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
 			cmp.Compare(a.Err.Error(), b.Err.Error()))
 	})
+	c.sets, c.problems = nil, nil
 	return d, nil
-}
-
-// newCompiler indexes the input's objects; parse and derive make a
-// policy's and a pod's derived form (directly, or through a Cache).
-func newCompiler(in Input, mode Mode, parse func(*networkingv1.NetworkPolicy) *parsedPolicy,
-	derive func(*corev1.Pod) (*podInfo, []ruleset.Problem)) *compiler {
-	c := &compiler{
-		mode:     mode,
-		cluster:  newCluster(in.Namespaces, in.Pods, derive),
-		sets:     newSetRegistry(),
-		selCache: map[string][]*podInfo{},
-		byNS:     map[string][]*parsedPolicy{},
-	}
-	c.problems = append(c.problems, c.cluster.problems...)
-	c.parsePolicies(in, parse)
-	return c
-}
-
-type compiler struct {
-	mode     Mode
-	cluster  *cluster
-	policies []*parsedPolicy
-	byNS     map[string][]*parsedPolicy
-	sets     *setRegistry
-	selCache map[string][]*podInfo
-	problems []ruleset.Problem
 }
 
 func (c *compiler) problem(kind string, ref ruleset.Ref, err error) {
 	c.problems = append(c.problems, ruleset.Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
 }
 
-func (c *compiler) parsePolicies(in Input, parse func(*networkingv1.NetworkPolicy) *parsedPolicy) {
-	seen := map[ruleset.Ref]bool{}
-	for i := range in.Policies {
-		p := parse(&in.Policies[i])
-		if seen[p.ref] {
-			c.problem("NetworkPolicy", p.ref, errors.New("listed more than once; the first one counts"))
+// policyIndex holds the parsed policies.
+type policyIndex struct {
+	byRef map[ruleset.Ref]*parsedPolicy
+	byNS  map[string][]*parsedPolicy // sorted by ref
+	// invalid reports the invalid policies; duplicates, what listing one
+	// twice did.
+	invalid    map[ruleset.Ref]ruleset.Problem
+	duplicates []ruleset.Problem
+}
+
+func newPolicyIndex(policies []networkingv1.NetworkPolicy) *policyIndex {
+	x := &policyIndex{byRef: make(map[ruleset.Ref]*parsedPolicy, len(policies)), byNS: map[string][]*parsedPolicy{},
+		invalid: map[ruleset.Ref]ruleset.Problem{}}
+	for i := range policies {
+		ref := policyRef(&policies[i])
+		if _, dup := x.byRef[ref]; dup {
+			x.duplicates = append(x.duplicates, ruleset.Problem{Kind: "NetworkPolicy", Namespace: ref.Namespace, Name: ref.Name, Err: errListedTwice})
 			continue
 		}
-		seen[p.ref] = true
-		if p.err != nil {
-			c.problem("NetworkPolicy", p.ref, fmt.Errorf("invalid, so it allows nothing but still isolates the pods it selects: %w", p.err))
-		}
-		c.policies = append(c.policies, p)
+		x.add(parsePolicy(&policies[i]))
 	}
-	slices.SortFunc(c.policies, func(a, b *parsedPolicy) int { return compareRef(a.ref, b.ref) })
-	for _, p := range c.policies {
-		c.byNS[p.ref.Namespace] = append(c.byNS[p.ref.Namespace], p)
+	for _, ps := range x.byNS {
+		slices.SortFunc(ps, comparePolicies)
 	}
+	return x
+}
+
+func policyRef(np *networkingv1.NetworkPolicy) ruleset.Ref { return objectRef(np.Namespace, np.Name) }
+
+func comparePolicies(a, b *parsedPolicy) int { return compareRef(a.ref, b.ref) }
+
+// add indexes a policy by ref, leaving byNS unsorted.
+func (x *policyIndex) add(p *parsedPolicy) {
+	x.byRef[p.ref] = p
+	x.byNS[p.ref.Namespace] = append(x.byNS[p.ref.Namespace], p)
+	if p.err != nil {
+		x.invalid[p.ref] = ruleset.Problem{Kind: "NetworkPolicy", Namespace: p.ref.Namespace, Name: p.ref.Name,
+			Err: fmt.Errorf("invalid, so it allows nothing but still isolates the pods it selects: %w", p.err)}
+	}
+}
+
+func (x *policyIndex) find(ref ruleset.Ref) (int, bool) {
+	return slices.BinarySearchFunc(x.byNS[ref.Namespace], ref, func(p *parsedPolicy, r ruleset.Ref) int { return compareRef(p.ref, r) })
+}
+
+// replace puts the policy (nil: none) in the place of the one of that ref.
+func (x *policyIndex) replace(ref ruleset.Ref, np *networkingv1.NetworkPolicy) {
+	if i, found := x.find(ref); found {
+		x.byNS[ref.Namespace] = slices.Delete(x.byNS[ref.Namespace], i, i+1)
+	}
+	delete(x.byRef, ref)
+	delete(x.invalid, ref)
+	if np != nil {
+		// add appends; a namespace holds few policies.
+		x.add(parsePolicy(np))
+		slices.SortFunc(x.byNS[ref.Namespace], comparePolicies)
+	}
+	if len(x.byNS[ref.Namespace]) == 0 {
+		delete(x.byNS, ref.Namespace)
+	}
+}
+
+func (x *policyIndex) problems() []ruleset.Problem {
+	out := slices.Clone(x.duplicates)
+	for _, p := range x.invalid {
+		out = append(out, p)
+	}
+	return out
 }
 
 // attachment is one chain key and the pods that claim it: normally one.
@@ -137,12 +202,23 @@ type attachment struct {
 	refs []ruleset.Ref
 }
 
+// memoKey names an attachment's compilation: its key and its pods.
+func (a attachment) memoKey() string {
+	var b strings.Builder
+	b.WriteString(a.key)
+	for _, r := range a.refs {
+		b.WriteByte('\x00')
+		b.WriteString(r.Namespace)
+		b.WriteByte('/')
+		b.WriteString(r.Name)
+	}
+	return b.String()
+}
+
 func (c *compiler) attachments(in Input) []attachment {
 	byKey := map[string][]ruleset.Ref{}
 	for ref, key := range in.ChainKeys {
-		if ref.Namespace == "" {
-			ref.Namespace = corev1.NamespaceDefault
-		}
+		ref = objectRef(ref.Namespace, ref.Name)
 		if err := ValidateChainKey(key); err != nil {
 			c.problem("ChainKey", ref, fmt.Errorf("no chains: %w", err))
 			continue
@@ -232,7 +308,7 @@ func (c *compiler) podRules(ref ruleset.Ref, pod *podInfo, f ruleset.Family, dir
 		return []ruleset.Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
 	}
 	var selecting []*parsedPolicy
-	for _, p := range c.byNS[ref.Namespace] {
+	for _, p := range c.policies.byNS[ref.Namespace] {
 		if p.affects(dir) && p.podSel.matches(pod.labels) {
 			selecting = append(selecting, p)
 		}
@@ -425,11 +501,11 @@ func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f ruleset.Family) (
 
 // selected is the pods a pod peer selects, computed once per peer content.
 func (c *compiler) selected(pp *podPeer) []*podInfo {
-	if pods, ok := c.selCache[pp.key]; ok {
-		return pods
+	if s, ok := c.selections[pp.key]; ok {
+		return s.pods
 	}
 	pods := c.cluster.podsSelectedBy(pp)
-	c.selCache[pp.key] = pods
+	c.selections[pp.key] = &peerSelection{peer: pp, pods: pods}
 	return pods
 }
 

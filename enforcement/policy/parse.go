@@ -139,11 +139,8 @@ func (p portSpec) String() string {
 // It never returns nil: an invalid policy comes back with err set and no
 // rules, still isolating what it can be said to select.
 func parsePolicy(np *networkingv1.NetworkPolicy) *parsedPolicy {
-	ns := np.Namespace
-	if ns == "" {
-		ns = corev1.NamespaceDefault
-	}
-	p := &parsedPolicy{ref: ruleset.Ref{Namespace: ns, Name: np.Name}}
+	p := &parsedPolicy{ref: policyRef(np)}
+	ns := p.ref.Namespace
 	var errs []error
 	fail := func(path string, err error) { errs = append(errs, fmt.Errorf("%s: %w", path, err)) }
 

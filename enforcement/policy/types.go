@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
@@ -52,7 +53,8 @@ type Input struct {
 	// and a key whose pod is missing from Pods still gets chains, which
 	// drop everything, so that an attached pod never loses its chains.
 	ChainKeys map[ruleset.Ref]string
-	// Cache, when set, keeps what is derived from single objects between
-	// compilations (see Cache); the output is the same with or without.
-	Cache *Cache
+	// PodIPs replaces the addresses of the pods it names (whatever their
+	// status says, even nothing): for a pod attached here, the addresses
+	// the CNI plugin reported, which are what the kernel sees.
+	PodIPs map[ruleset.Ref][]netip.Addr
 }
