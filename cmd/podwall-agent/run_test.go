@@ -16,12 +16,12 @@ import (
 	"github.com/podwall/podwall/enforcement/agent"
 	"github.com/podwall/podwall/enforcement/agentapi"
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 type fakeDataplane struct {
 	mu   sync.Mutex
-	last *policy.Desired
+	last *ruleset.Desired
 }
 
 func (f *fakeDataplane) Probe(context.Context) error                   { return nil }

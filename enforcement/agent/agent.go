@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/enforcement/agentapi"
+	"github.com/podwall/podwall/enforcement/changes"
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -68,10 +70,12 @@ type Agent struct {
 	// removing are the keys detached whose chains the next apply removes.
 	removing map[string]bool
 	lastGood lastApply
-	// compileCache keeps what the compiler derived from unchanged objects.
+	// compileCache keeps what the last compilation derived; changed is
+	// what changed since (the source's changes and the attachments'), and
+	// input records the attachments of the last compilation's input.
 	compileCache *policy.Cache
-	// inputPods keeps the compiler's pods made from the last snapshot.
-	inputPods podsMemo
+	changed      changes.Set
+	input        inputBuilder
 
 	statusMu sync.Mutex
 	status   agentapi.Status
@@ -79,7 +83,7 @@ type Agent struct {
 
 type lastApply struct {
 	at    time.Time
-	stats policy.Stats
+	stats ruleset.Stats
 }
 
 type requestKind int
@@ -404,21 +408,24 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	default:
 	}
 	inputStart := time.Now()
-	objs, srcErr := a.cfg.Source.Snapshot()
+	objs, srcChanges, srcErr := a.cfg.Source.Snapshot()
+	a.changed.Merge(srcChanges)
 	if errors.Is(srcErr, source.ErrNotSynced) {
 		return a.failed(srcErr, nil)
 	}
-	in, problems := buildInput(objs, a.reg, a.mode, a.cfg.Node, &a.inputPods)
+	in, problems := a.input.build(objs, a.reg, a.mode, a.cfg.Node, &a.changed)
 	for _, p := range objs.Problems {
 		problems = append(problems, p.Error())
 	}
 	if srcErr != nil {
 		problems = append(problems, fmt.Sprintf("policy source: %v (enforcing its last good contents)", srcErr))
 	}
-	in.Cache = a.compileCache
 	compileStart := time.Now()
 	inputTook := compileStart.Sub(inputStart)
-	desired, err := policy.Compile(in)
+	// The cache has consumed the changes, even when it fails: it then
+	// derives everything at its next compilation.
+	desired, err := a.compileCache.Compile(in, a.changed)
+	a.changed = changes.None()
 	compileTook := time.Since(compileStart)
 	if err != nil {
 		return a.failed(fmt.Errorf("compiling policy: %w", err), problems)

@@ -13,8 +13,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podwall/podwall/enforcement/changes"
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -22,15 +24,15 @@ import (
 type fakeDataplane struct {
 	mu       sync.Mutex
 	pods     []dataplane.Pod
-	applies  []*policy.Desired
+	applies  []*ruleset.Desired
 	applyErr error
 	probeErr error
 	podsErr  error
-	applied  chan *policy.Desired
+	applied  chan *ruleset.Desired
 }
 
 func newFakeDataplane(pods ...dataplane.Pod) *fakeDataplane {
-	return &fakeDataplane{pods: pods, applied: make(chan *policy.Desired, 1000)}
+	return &fakeDataplane{pods: pods, applied: make(chan *ruleset.Desired, 1000)}
 }
 
 func (f *fakeDataplane) EnsureBase(context.Context) (string, error) { return "", nil }
@@ -65,7 +67,7 @@ func (f *fakeDataplane) setApplyErr(err error) {
 	f.mu.Unlock()
 }
 
-func (f *fakeDataplane) last() *policy.Desired {
+func (f *fakeDataplane) last() *ruleset.Desired {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.applies) == 0 {
@@ -80,10 +82,13 @@ func (f *fakeDataplane) count() int {
 	return len(f.applies)
 }
 
-// fakeSource is a Source whose objects the test sets.
+// fakeSource is a Source whose objects the test sets. It does not know
+// what changed when they are set (nor at the first Snapshot): nothing
+// else, as far as it knows.
 type fakeSource struct {
 	mu      sync.Mutex
 	objs    source.Objects
+	changed changes.Set
 	err     error
 	changes chan struct{}
 	resyncs int
@@ -96,10 +101,12 @@ func newFakeSource(objs source.Objects) *fakeSource {
 func (s *fakeSource) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (s *fakeSource) Changes() <-chan struct{}      { return s.changes }
 
-func (s *fakeSource) Snapshot() (source.Objects, error) {
+func (s *fakeSource) Snapshot() (source.Objects, changes.Set, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.objs, s.err
+	ch := s.changed
+	s.changed = changes.None()
+	return s.objs, ch, s.err
 }
 
 func (s *fakeSource) Resync(context.Context) error {
@@ -112,6 +119,7 @@ func (s *fakeSource) Resync(context.Context) error {
 func (s *fakeSource) set(objs source.Objects) {
 	s.mu.Lock()
 	s.objs = objs
+	s.changed = changes.Rebuild()
 	s.mu.Unlock()
 	select {
 	case s.changes <- struct{}{}:
@@ -178,7 +186,7 @@ func allowFrom(ns, name, app, peer string) networkingv1.NetworkPolicy {
 }
 
 // allows reports whether a chain lets anything through.
-func allows(c *policy.Chain) bool {
+func allows(c *ruleset.Chain) bool {
 	if c == nil {
 		return false
 	}
@@ -190,16 +198,16 @@ func allows(c *policy.Chain) bool {
 	return false
 }
 
-func ingressChain(t *testing.T, d *policy.Desired, key string) *policy.Chain {
+func ingressChain(t *testing.T, d *ruleset.Desired, key string) *ruleset.Chain {
 	t.Helper()
 	in, _, err := policy.ChainNames(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d.Chain(policy.IPv4, in)
+	return d.Chain(ruleset.IPv4, in)
 }
 
-func localPod(d *policy.Desired, key string) *policy.LocalPod {
+func localPod(d *ruleset.Desired, key string) *ruleset.LocalPod {
 	if d == nil {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
@@ -22,22 +23,22 @@ import (
 type fetchingSource struct {
 	*fakeSource
 	mu      sync.Mutex
-	fetched []policy.Ref
+	fetched []ruleset.Ref
 	known   source.Objects
 }
 
 func (s *fetchingSource) FetchPod(_ context.Context, namespace, name string) error {
 	s.mu.Lock()
-	s.fetched = append(s.fetched, policy.Ref{Namespace: namespace, Name: name})
+	s.fetched = append(s.fetched, ruleset.Ref{Namespace: namespace, Name: name})
 	s.mu.Unlock()
 	s.set(s.known)
 	return nil
 }
 
-func (s *fetchingSource) fetchedRefs() []policy.Ref {
+func (s *fetchingSource) fetchedRefs() []ruleset.Ref {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]policy.Ref(nil), s.fetched...)
+	return append([]ruleset.Ref(nil), s.fetched...)
 }
 
 func TestAttachOfAPodTheSourceLacksFetchesItAndThenEnforcesIt(t *testing.T) {
@@ -53,7 +54,7 @@ func TestAttachOfAPodTheSourceLacksFetchesItAndThenEnforcesIt(t *testing.T) {
 	// Until the source has the pod, its chains exist and allow nothing;
 	// the fetch then brings it and the policy opens it.
 	waitUntil(t, "the fetched pod enforced", func() bool { return allows(ingressChain(t, dp.last(), keyA)) })
-	if got := src.fetchedRefs(); len(got) != 1 || got[0] != (policy.Ref{Namespace: "x", Name: "a"}) {
+	if got := src.fetchedRefs(); len(got) != 1 || got[0] != (ruleset.Ref{Namespace: "x", Name: "a"}) {
 		t.Errorf("fetched %v, want x/a once", got)
 	}
 }

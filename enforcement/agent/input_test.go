@@ -1,81 +1,144 @@
 package agent
 
 import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/podwall/podwall/enforcement/agentapi"
+	"github.com/podwall/podwall/enforcement/changes"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/enforcement/source"
 )
 
-// The compiler's pods are the snapshot's with the attached pods' addresses
-// replaced; they are made again only when the snapshot or a replacement
-// changes, and the snapshot itself is never written.
-func TestBuildInputReusesPodsWhileNothingTheyShowChanged(t *testing.T) {
+// The compiler's pods are the snapshot's, never written; the attached
+// pods' reported addresses come beside them; and every pod whose chain key
+// or reported addresses changed since the last input is recorded, and
+// only those.
+func TestBuildInputRecordsWhatTheAttachmentsChanged(t *testing.T) {
 	objs := source.Objects{Pods: []corev1.Pod{
 		pod("x", "a", nil, "10.0.0.1"),
 		pod("x", "b", nil, "10.0.0.2"),
 		pod("", "c", nil, "10.0.0.3"),
 	}}
 	reg := newRegistry()
-	var memo podsMemo
-	attach := func(ns, name, key string, ips ...string) {
+	var b inputBuilder
+	attach := func(ns, name, key string, ips ...string) { attachTo(t, reg, ns, name, key, ips...) }
+	build := func(want ...ruleset.Ref) policy.Input {
 		t.Helper()
-		att, err := parseAttachment(agentapi.Attachment{Key: key, Namespace: ns, Name: name, IPs: ips, HostIface: "veth0"})
+		ch := changes.None()
+		in, _ := b.build(objs, reg, policy.ModeDeny, "", &ch)
+		got := slices.SortedFunc(maps.Keys(ch.Attachments()), compareRefs)
+		slices.SortFunc(want, compareRefs)
+		if !slices.Equal(got, want) {
+			t.Fatalf("recorded %v, want %v", got, want)
+		}
+		if &in.Pods[0] != &objs.Pods[0] {
+			t.Fatal("the snapshot's pods were copied")
+		}
+		return in
+	}
+	a, c, newPod := ruleset.Ref{Namespace: "x", Name: "a"}, ruleset.Ref{Namespace: "default", Name: "c"}, ruleset.Ref{Namespace: "bench", Name: "new"}
+
+	build()
+	attach("bench", "new", "NEWNEWNEWNEWNEW0", "100.64.0.1")
+	build(newPod)
+	build()
+	attach("default", "c", "CCCCCCCCCCCCCCCC", "100.64.0.3")
+	attach("x", "a", "AAAAAAAAAAAAAAAA", "100.64.0.2")
+	in := build(a, c)
+	if got := in.PodIPs[a]; !slices.Equal(got, []netip.Addr{netip.MustParseAddr("100.64.0.2")}) {
+		t.Errorf("a's reported addresses: %v", got)
+	}
+	if got := objs.Pods[0].Status.PodIPs[0].IP; got != "10.0.0.1" {
+		t.Errorf("the snapshot was written: %s", got)
+	}
+	// A second attachment of a: the newest gets a's policy, the other an
+	// identity of its own.
+	attach("x", "a", "AAAAAAAAAAAAAAA2", "100.64.0.9")
+	build(a, ruleset.Ref{Namespace: "x", Name: "a~AAAAAAAAAAAAAAAA"})
+	reg.remove("AAAAAAAAAAAAAAAA")
+	build(ruleset.Ref{Namespace: "x", Name: "a~AAAAAAAAAAAAAAAA"})
+	reg.remove("CCCCCCCCCCCCCCCC")
+	build(c)
+}
+
+func attachTo(t *testing.T, reg *registry, ns, name, key string, ips ...string) {
+	t.Helper()
+	att, err := parseAttachment(agentapi.Attachment{Key: key, Namespace: ns, Name: name, IPs: ips, HostIface: "veth0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.put(att)
+}
+
+func compareRefs(a, b ruleset.Ref) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+// What the agent records, with the source's changes, is enough: through
+// attachments coming, going and moving, and source objects changing, the
+// cache compiles what a full compilation does.
+func TestAgentChangesKeepTheCacheRight(t *testing.T) {
+	objs := source.Objects{
+		Pods: []corev1.Pod{
+			pod("x", "a", map[string]string{"app": "web"}, "10.0.0.1"),
+			pod("x", "b", map[string]string{"app": "db"}, "10.0.0.2"),
+			pod("y", "c", map[string]string{"app": "web"}, "10.0.0.3"),
+		},
+		Policies: []networkingv1.NetworkPolicy{allowFrom("x", "p", "db", "web")},
+	}
+	reg := newRegistry()
+	var b inputBuilder
+	cache := policy.NewCache()
+	pending := changes.Rebuild()
+	compile := func(what string) {
+		t.Helper()
+		in, _ := b.build(objs, reg, policy.ModeDeny, "node-1", &pending)
+		got, err := cache.Compile(in, pending)
 		if err != nil {
 			t.Fatal(err)
 		}
-		reg.put(att)
-	}
-	build := func() []corev1.Pod {
-		in, _ := buildInput(objs, reg, policy.ModeDeny, "", &memo)
-		return in.Pods
-	}
-	ipsOf := func(pods []corev1.Pod) []string {
-		var out []string
-		for _, p := range pods {
-			out = append(out, p.Status.PodIPs[0].IP)
+		pending = changes.None()
+		want, err := policy.Compile(in)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return out
+		if !reflect.DeepEqual(got.Sets, want.Sets) || !reflect.DeepEqual(got.Chains, want.Chains) || !reflect.DeepEqual(got.Pods, want.Pods) {
+			t.Fatalf("%s: the cache's output differs from a full compilation", what)
+		}
 	}
-
-	first := build()
-	if got := ipsOf(first); !slices.Equal(got, []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}) {
-		t.Fatalf("no attachment: %v", got)
-	}
-	// An attachment of a pod the source does not know, with the same
-	// snapshot: the same pods.
-	attach("bench", "new", "NEWNEWNEWNEWNEW0", "100.64.0.1")
-	if again := build(); &again[0] != &first[0] {
-		t.Error("pods made again though nothing they show changed")
-	}
-	// The default namespace is matched by its name or by none.
-	attach("default", "c", "CCCCCCCCCCCCCCCC", "100.64.0.3")
-	attach("x", "a", "AAAAAAAAAAAAAAAA", "100.64.0.2")
-	second := build()
-	if got := ipsOf(second); !slices.Equal(got, []string{"100.64.0.2", "10.0.0.2", "100.64.0.3"}) {
-		t.Fatalf("attached pods' addresses not replaced: %v", got)
-	}
-	if got := ipsOf(objs.Pods); !slices.Equal(got, []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}) {
-		t.Fatalf("the snapshot was written: %v", got)
-	}
-	if again := build(); &again[0] != &second[0] {
-		t.Error("pods made again though nothing they show changed")
-	}
-	// A new address for an attached pod, a detached pod, a new snapshot.
-	attach("x", "a", "AAAAAAAAAAAAAAA2", "100.64.0.9")
-	if got := ipsOf(build()); !slices.Equal(got, []string{"100.64.0.9", "10.0.0.2", "100.64.0.3"}) {
-		t.Fatalf("after a new attachment of a: %v", got)
-	}
-	reg.remove("CCCCCCCCCCCCCCCC")
-	if got := ipsOf(build()); !slices.Equal(got, []string{"100.64.0.9", "10.0.0.2", "10.0.0.3"}) {
-		t.Fatalf("after c's detach: %v", got)
-	}
-	objs = source.Objects{Pods: []corev1.Pod{pod("x", "b", nil, "10.0.0.2"), pod("x", "a", nil, "10.0.0.1")}}
-	if got := ipsOf(build()); !slices.Equal(got, []string{"10.0.0.2", "100.64.0.9"}) {
-		t.Fatalf("after a new snapshot: %v", got)
+	attach := func(ns, name, key string, ips ...string) { attachTo(t, reg, ns, name, key, ips...) }
+	compile("start")
+	for i, step := range []func(){
+		func() { attach("x", "b", "BBBBBBBBBBBBBBBB", "100.64.0.2") },
+		func() { attach("y", "c", "CCCCCCCCCCCCCCCC", "100.64.0.3") },
+		func() { attach("y", "c", "CCCCCCCCCCCCCCC2", "100.64.0.4") },
+		func() { reg.remove("CCCCCCCCCCCCCCCC") },
+		func() { attach("x", "ghost", "GGGGGGGGGGGGGGGG", "100.64.0.5") },
+		func() {
+			objs.Pods = append(slices.Clone(objs.Pods), pod("x", "ghost", map[string]string{"app": "web"}))
+			pending.Pod("x", "ghost")
+		},
+		func() { attach("x", "b", "BBBBBBBBBBBBBBBB", "100.64.0.6") },
+		func() { reg.remove("BBBBBBBBBBBBBBBB") },
+		func() {
+			applied := map[string]uint64{}
+			for key, att := range reg.byKey {
+				applied[key] = att.seq
+			}
+			reg.syncWith(nil, applied)
+		},
+	} {
+		step()
+		compile(fmt.Sprintf("step %d", i))
 	}
 }

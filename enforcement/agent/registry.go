@@ -12,6 +12,7 @@ import (
 	"github.com/podwall/podwall/enforcement/agentapi"
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // attachment is one pod interface behind podwall's chains on this node.
@@ -23,12 +24,12 @@ type attachment struct {
 	seq uint64
 }
 
-func (a *attachment) ref() policy.Ref {
+func (a *attachment) ref() ruleset.Ref {
 	ns := a.api.Namespace
 	if ns == "" && a.api.Name != "" {
 		ns = corev1.NamespaceDefault
 	}
-	return policy.Ref{Namespace: ns, Name: a.api.Name}
+	return ruleset.Ref{Namespace: ns, Name: a.api.Name}
 }
 
 // parseAttachment validates what the plugin reports.
@@ -152,13 +153,13 @@ func (r *registry) sorted() []*attachment {
 // deleted, or several interfaces) only the newest gets the pod's policy;
 // the others get an identity no object has, so they drop everything. An
 // attachment without a pod identity is handled the same way.
-func (r *registry) chainKeys() (keys map[policy.Ref]string, primary map[policy.Ref]*attachment, problems []string) {
-	keys = map[policy.Ref]string{}
-	primary = map[policy.Ref]*attachment{}
-	byRef := map[policy.Ref][]*attachment{}
+func (r *registry) chainKeys() (keys map[ruleset.Ref]string, primary map[ruleset.Ref]*attachment, problems []string) {
+	keys = map[ruleset.Ref]string{}
+	primary = map[ruleset.Ref]*attachment{}
+	byRef := map[ruleset.Ref][]*attachment{}
 	for _, a := range r.sorted() {
 		if a.api.Name == "" {
-			keys[policy.Ref{Namespace: "podwall-unknown", Name: "unnamed-" + a.api.Key}] = a.api.Key
+			keys[ruleset.Ref{Namespace: "podwall-unknown", Name: "unnamed-" + a.api.Key}] = a.api.Key
 			problems = append(problems, fmt.Sprintf("attachment %s has no pod name (CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME missing): it drops all traffic", a.api.Key))
 			continue
 		}
@@ -175,7 +176,7 @@ func (r *registry) chainKeys() (keys map[policy.Ref]string, primary map[policy.R
 		for _, a := range atts {
 			if a != newest {
 				others = append(others, a.api.Key)
-				keys[policy.Ref{Namespace: ref.Namespace, Name: ref.Name + "~" + a.api.Key}] = a.api.Key
+				keys[ruleset.Ref{Namespace: ref.Namespace, Name: ref.Name + "~" + a.api.Key}] = a.api.Key
 			}
 		}
 		problems = append(problems, fmt.Sprintf("pod %s has %d attachments: the newest (%s) gets its policy, the others (%s) drop all traffic",

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // The first Apply after the plugin installed a pod inserts the pod's
@@ -36,7 +36,7 @@ spec:
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error { return d.EnsurePod(ctx, p) })
 	}
 	var agent *dataplane.Dataplane
-	agentApply := func(pods []dataplane.Pod, desired *policy.Desired) dataplane.ApplyStats {
+	agentApply := func(pods []dataplane.Pod, desired *ruleset.Desired) dataplane.ApplyStats {
 		t.Helper()
 		var st dataplane.ApplyStats
 		err := n.Do(func() error {
@@ -57,7 +57,7 @@ spec:
 		}
 		return st
 	}
-	freshApply := func(pods []dataplane.Pod, desired *policy.Desired) dataplane.ApplyStats {
+	freshApply := func(pods []dataplane.Pod, desired *ruleset.Desired) dataplane.ApplyStats {
 		t.Helper()
 		var st dataplane.ApplyStats
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/synthetic"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/test/harness"
 )
 
@@ -35,7 +36,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 	node := harness.NewNode(b)
 	s := &scaleNode{node: node, dir: node.Dir + "/state"}
 	spods := synthetic.Pods(5000, 50)
-	in := policy.Input{Node: synthetic.LocalNode, Mode: policy.ModeDeny, ChainKeys: map[policy.Ref]string{},
+	in := policy.Input{Node: synthetic.LocalNode, Mode: policy.ModeDeny, ChainKeys: map[ruleset.Ref]string{},
 		Policies: synthetic.Policies(1000, 50)}
 	for i := range 50 {
 		in.Namespaces = append(in.Namespaces, synthetic.Namespace(i))
@@ -45,7 +46,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 		if !p.Local() {
 			continue
 		}
-		key := policy.ChainKey("podnet", p.Name, "eth0")
+		key := ruleset.ChainKey("podnet", p.Name, "eth0")
 		dp := dataplane.Pod{Key: key, Network: "podnet", ContainerID: p.Name, IfName: "eth0",
 			Namespace: p.Namespace, Name: p.Name, HostIface: fmt.Sprintf("veth%d", len(s.local)), Layout: dataplane.LayoutBridge, Bridge: "podbr0"}
 		for _, a := range []netip.Addr{p.V4, p.V6} {
@@ -54,7 +55,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 			}
 		}
 		s.local = append(s.local, dp)
-		in.ChainKeys[policy.Ref{Namespace: p.Namespace, Name: p.Name}] = key
+		in.ChainKeys[ruleset.Ref{Namespace: p.Namespace, Name: p.Name}] = key
 	}
 	s.in = in
 	s.do(b, func(ctx context.Context, d *dataplane.Dataplane) error {
@@ -71,7 +72,7 @@ func newScaleNode(b *testing.B) *scaleNode {
 
 // compile compiles the cluster with one extra policy whose port is
 // variant: a change that rewrites the ingress chains of a few local pods.
-func (s *scaleNode) compile(b *testing.B, variant int) *policy.Desired {
+func (s *scaleNode) compile(b *testing.B, variant int) *ruleset.Desired {
 	b.Helper()
 	in := s.in
 	tcp := corev1.ProtocolTCP
@@ -115,7 +116,7 @@ func (s *scaleNode) do(b *testing.B, fn func(ctx context.Context, d *dataplane.D
 // the plugin's ADD does it (the removal is not timed).
 func BenchmarkDataplaneAtScale(b *testing.B) {
 	s := newScaleNode(b)
-	desired := []*policy.Desired{s.compile(b, 1), s.compile(b, 2)}
+	desired := []*ruleset.Desired{s.compile(b, 1), s.compile(b, 2)}
 	b.Run("ApplyUnchanged", func(b *testing.B) {
 		s.do(b, func(ctx context.Context, d *dataplane.Dataplane) error {
 			if _, err := d.Apply(ctx, dataplane.Target{Pods: s.local, Policy: desired[0]}); err != nil {
@@ -154,7 +155,7 @@ func BenchmarkDataplaneAtScale(b *testing.B) {
 	b.Run("ApplyAttach", func(b *testing.B) {
 		extra := s.local[0]
 		extra.Key, extra.Name, extra.ContainerID, extra.HostIface = "BENCHATTACH", "bench-attach", "bench-attach", "vethattach"
-		ref := policy.Ref{Namespace: extra.Namespace, Name: extra.Name}
+		ref := ruleset.Ref{Namespace: extra.Namespace, Name: extra.Name}
 		s.in.ChainKeys[ref] = extra.Key
 		with := s.compile(b, 1)
 		delete(s.in.ChainKeys, ref)

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func TestEnsurePodIdempotent(t *testing.T) {
@@ -168,7 +168,7 @@ spec:
     ports: [{port: http, protocol: TCP}]
 `)
 	pods := []dataplane.Pod{a, b, c}
-	apply := func(want func(dataplane.ApplyStats) bool, desired *policy.Desired) {
+	apply := func(want func(dataplane.ApplyStats) bool, desired *ruleset.Desired) {
 		t.Helper()
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {
 			st, err := d.Apply(ctx, dataplane.Target{Pods: pods, Policy: desired})

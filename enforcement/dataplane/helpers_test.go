@@ -17,6 +17,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/test/harness"
 )
 
@@ -88,7 +89,7 @@ func testPod(ns, name, key, dev string, layout dataplane.Layout, ips ...string) 
 type cluster struct {
 	pods     []corev1.Pod
 	policies []networkingv1.NetworkPolicy
-	keys     map[policy.Ref]string
+	keys     map[ruleset.Ref]string
 }
 
 func (c *cluster) addPod(p dataplane.Pod, labels map[string]string) {
@@ -104,9 +105,9 @@ func (c *cluster) addPod(p dataplane.Pod, labels map[string]string) {
 	pod.Status.PodIP = pod.Status.PodIPs[0].IP
 	c.pods = append(c.pods, pod)
 	if c.keys == nil {
-		c.keys = map[policy.Ref]string{}
+		c.keys = map[ruleset.Ref]string{}
 	}
-	c.keys[policy.Ref{Namespace: p.Namespace, Name: p.Name}] = p.Key
+	c.keys[ruleset.Ref{Namespace: p.Namespace, Name: p.Name}] = p.Key
 }
 
 func (c *cluster) addPolicy(t *testing.T, doc string) {
@@ -118,7 +119,7 @@ func (c *cluster) addPolicy(t *testing.T, doc string) {
 	c.policies = append(c.policies, np)
 }
 
-func (c *cluster) compile(t *testing.T) *policy.Desired {
+func (c *cluster) compile(t *testing.T) *ruleset.Desired {
 	t.Helper()
 	namespaces := []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "x"}}}
 	d, err := policy.Compile(policy.Input{Namespaces: namespaces, Pods: c.pods, Policies: c.policies,

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/enforcement/dataplane"
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // An agent's Dataplane remembers the kernel between Applies. The plugin's
@@ -40,7 +40,7 @@ spec:
 		}
 		return nil
 	})
-	agentApply := func(pods []dataplane.Pod, desired *policy.Desired) dataplane.ApplyStats {
+	agentApply := func(pods []dataplane.Pod, desired *ruleset.Desired) dataplane.ApplyStats {
 		t.Helper()
 		var st dataplane.ApplyStats
 		err := n.Do(func() error {
@@ -62,7 +62,7 @@ spec:
 		}
 		return st
 	}
-	checkFresh := func(step string, pods []dataplane.Pod, desired *policy.Desired) {
+	checkFresh := func(step string, pods []dataplane.Pod, desired *ruleset.Desired) {
 		t.Helper()
 		n.dp(t, func(ctx context.Context, d *dataplane.Dataplane) error {
 			st, err := d.Apply(ctx, dataplane.Target{Pods: pods, Policy: desired})

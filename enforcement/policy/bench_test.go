@@ -7,8 +7,10 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/podwall/podwall/enforcement/changes"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/synthetic"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 const localPods = synthetic.LocalPods
@@ -51,7 +53,7 @@ func (c *testCluster) addRemoteCopies(n int) {
 func BenchmarkCompile(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
 	in := c.input(policy.ModeDeny, "node-1")
-	var d *policy.Desired
+	var d *ruleset.Desired
 	for b.Loop() {
 		var err error
 		if d, err = policy.Compile(in); err != nil {
@@ -84,17 +86,36 @@ func TestCompileAtScale(t *testing.T) {
 }
 
 // BenchmarkCompileCached is the same compilation through a Cache that
-// holds every object already, with resourceVersions set as the sources set
-// them: the agent's case when nothing but a sync asked for it.
+// holds every object already, told nothing changed: the agent's case when
+// nothing but a sync asked for it.
 func BenchmarkCompileCached(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
-	in := versioned(c.input(policy.ModeDeny, "node-1"))
-	in.Cache = policy.NewCache()
-	if _, err := policy.Compile(in); err != nil {
+	in := c.input(policy.ModeDeny, "node-1")
+	cache := policy.NewCache()
+	if _, err := cache.Compile(in, changes.Rebuild()); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if _, err := policy.Compile(in); err != nil {
+		if _, err := cache.Compile(in, changes.None()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchmarkChange alternates through one cache between two inputs that
+// differ as the changes say, and times the compilations of after.
+func benchmarkChange(b *testing.B, before, after policy.Input, ch changes.Set) {
+	cache := policy.NewCache()
+	if _, err := cache.Compile(before, changes.Rebuild()); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		b.StopTimer()
+		if _, err := cache.Compile(before, ch); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := cache.Compile(after, ch); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,24 +125,15 @@ func BenchmarkCompileCached(b *testing.B) {
 // unchanged, one attachment more than in the last compilation.
 func BenchmarkCompileAttach(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
-	without := versioned(c.input(policy.ModeDeny, "node-1"))
-	without.Cache = policy.NewCache()
+	without := c.input(policy.ModeDeny, "node-1")
 	with := without
 	with.ChainKeys = maps.Clone(without.ChainKeys)
-	with.ChainKeys[policy.Ref{Namespace: "bench", Name: "new"}] = policy.ChainKey("test-net", "new", "eth0")
-	if _, err := policy.Compile(without); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		b.StopTimer()
-		if _, err := policy.Compile(without); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		if _, err := policy.Compile(with); err != nil {
-			b.Fatal(err)
-		}
-	}
+	ref := ruleset.Ref{Namespace: "bench", Name: "new"}
+	with.ChainKeys[ref] = policy.ChainKey("test-net", "new", "eth0")
+	with.PodIPs = map[ruleset.Ref][]netip.Addr{ref: {netip.MustParseAddr("100.64.0.1")}}
+	ch := changes.None()
+	ch.Attachment(ref)
+	benchmarkChange(b, without, with, ch)
 }
 
 // BenchmarkCompileAttachKnownPod is a pod's ADD as on a Kubernetes node:
@@ -130,9 +142,8 @@ func BenchmarkCompileAttach(b *testing.B) {
 // compilation's; the policies do not.
 func BenchmarkCompileAttachKnownPod(b *testing.B) {
 	c := syntheticCluster(5000, 50, 1000)
-	with := versioned(c.input(policy.ModeDeny, "node-1"))
-	with.Cache = policy.NewCache()
-	var ref policy.Ref
+	with := c.input(policy.ModeDeny, "node-1")
+	var ref ruleset.Ref
 	for r := range with.ChainKeys {
 		ref = r
 		break
@@ -143,20 +154,46 @@ func BenchmarkCompileAttachKnownPod(b *testing.B) {
 	without.Pods = slices.Clone(with.Pods)
 	for i := range without.Pods {
 		if p := &without.Pods[i]; p.Namespace == ref.Namespace && p.Name == ref.Name {
+			with.PodIPs = map[ruleset.Ref][]netip.Addr{ref: {netip.MustParseAddr(p.Status.PodIPs[0].IP)}}
 			p.Status.PodIPs, p.Status.PodIP = nil, ""
 		}
 	}
-	if _, err := policy.Compile(without); err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		b.StopTimer()
-		if _, err := policy.Compile(without); err != nil {
-			b.Fatal(err)
+	with.Pods = without.Pods
+	ch := changes.None()
+	ch.Attachment(ref)
+	benchmarkChange(b, without, with, ch)
+}
+
+// BenchmarkCompilePolicyChange is one policy changed at scale (its
+// ingress rules dropped), everything else as before.
+func BenchmarkCompilePolicyChange(b *testing.B) {
+	c := syntheticCluster(5000, 50, 1000)
+	before := c.input(policy.ModeDeny, "node-1")
+	after := before
+	after.Policies = slices.Clone(before.Policies)
+	after.Policies[5].Spec.Ingress = nil
+	ch := changes.None()
+	ch.Policy(after.Policies[5].Namespace, after.Policies[5].Name)
+	benchmarkChange(b, before, after, ch)
+}
+
+// BenchmarkCompilePodRelabel is one remote pod relabelled at scale, which
+// moves it between peer selections.
+func BenchmarkCompilePodRelabel(b *testing.B) {
+	c := syntheticCluster(5000, 50, 1000)
+	before := c.input(policy.ModeDeny, "node-1")
+	after := before
+	after.Pods = slices.Clone(before.Pods)
+	var ref ruleset.Ref
+	for i := range after.Pods {
+		p := &after.Pods[i]
+		if _, local := before.ChainKeys[ruleset.Ref{Namespace: p.Namespace, Name: p.Name}]; !local {
+			p.Labels = map[string]string{"app": "app-1", "tier": "db"}
+			ref = ruleset.Ref{Namespace: p.Namespace, Name: p.Name}
+			break
 		}
-		b.StartTimer()
-		if _, err := policy.Compile(with); err != nil {
-			b.Fatal(err)
-		}
 	}
+	ch := changes.None()
+	ch.Pod(ref.Namespace, ref.Name)
+	benchmarkChange(b, before, after, ch)
 }

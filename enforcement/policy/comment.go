@@ -3,6 +3,8 @@ package policy
 import (
 	"strings"
 	"unicode/utf8"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // maxComment is what the iptables comment match holds (256 with the NUL).
@@ -31,8 +33,8 @@ func sanitizeComment(s string) string {
 	return s[:cut] + "..."
 }
 
-func withComment(args []string, comment, target string) Rule {
-	r := make(Rule, 0, len(args)+6)
+func withComment(args []string, comment, target string) ruleset.Rule {
+	r := make(ruleset.Rule, 0, len(args)+6)
 	r = append(r, args...)
 	r = append(r, "-m", "comment", "--comment", sanitizeComment(comment))
 	if target != "" {

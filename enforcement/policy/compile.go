@@ -2,13 +2,14 @@ package policy
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // Compile computes the ipsets and chains that enforce the policies for the
@@ -16,32 +17,75 @@ import (
 // reported in Desired.Problems and handled fail-closed (see the package
 // documentation); the error is only for input that makes the whole result
 // meaningless, such as an unknown mode.
-func Compile(in Input) (*Desired, error) {
+func Compile(in Input) (*ruleset.Desired, error) {
+	c, err := newCompiler(in)
+	if err != nil {
+		return nil, err
+	}
+	return c.compile(in, nil)
+}
+
+// compiler holds what is derived from the input's objects. Compile makes
+// one per compilation; a Cache keeps one and patches it (see Cache).
+type compiler struct {
+	mode     Mode
+	cluster  *cluster
+	policies *policyIndex
+	// selections are the pods each pod peer selects, by peer key, made
+	// when a set's members are first needed.
+	selections map[string]*peerSelection
+	// members are those of the sets filled so far, by set name.
+	members map[string]setMembers
+	// compiled holds what each attachment compiled to, by memoKey.
+	compiled map[string]*compiledAttachment
+
+	// Of the compilation under way.
+	sets     *setRegistry
+	problems []ruleset.Problem
+}
+
+// peerSelection is the pods a peer selects, sorted by ref.
+type peerSelection struct {
+	peer *podPeer
+	pods []*podInfo
+}
+
+// compiledAttachment is what compileAttachment produced for one
+// attachment and the sets it registered on the way.
+type compiledAttachment struct {
+	pods     []ruleset.LocalPod
+	chains   []ruleset.Chain
+	problems []ruleset.Problem
+	sets     []*pendingSet
+}
+
+func newCompiler(in Input) (*compiler, error) {
 	mode, err := ParseMode(string(in.Mode))
 	if err != nil {
 		return nil, err
 	}
-	var c *compiler
-	var memo *policiesMemo
-	if in.Cache != nil {
-		in.Cache.mu.Lock()
-		defer in.Cache.mu.Unlock()
-		c, memo = in.Cache.memoCompiler(in, mode)
-	} else {
-		c = newCompiler(in, mode, parsePolicy, newPodInfo)
-	}
+	return &compiler{
+		mode:       mode,
+		cluster:    newCluster(in.Namespaces, in.Pods, in.PodIPs),
+		policies:   newPolicyIndex(in.Policies),
+		selections: map[string]*peerSelection{},
+		members:    map[string]setMembers{},
+		compiled:   map[string]*compiledAttachment{},
+	}, nil
+}
 
-	d := &Desired{}
+// compile renders the output. An attachment compiled before is compiled
+// again only when recompile (nil: never) says that what it depends on
+// changed.
+func (c *compiler) compile(in Input, recompile func(attachment) bool) (*ruleset.Desired, error) {
+	c.sets = newSetRegistry(c.members)
+	c.problems = append(c.cluster.problems(), c.policies.problems()...)
+	d := &ruleset.Desired{}
 	attachments := c.attachments(in)
 	compiled := make(map[string]*compiledAttachment, len(attachments))
 	for _, att := range attachments {
-		var ca *compiledAttachment
-		if memo != nil {
-			if prev := memo.attachments[att.memoKey()]; prev != nil && prev.holdsFor(c, att) {
-				ca = prev
-			}
-		}
-		if ca != nil {
+		ca := c.compiled[att.memoKey()]
+		if ca != nil && (recompile == nil || !recompile(att)) {
 			for _, ps := range ca.sets {
 				if err := c.sets.adopt(ps); err != nil {
 					return nil, err
@@ -55,92 +99,126 @@ func Compile(in Input) (*Desired, error) {
 			if err != nil {
 				return nil, err
 			}
-			ca = &compiledAttachment{owners: ownersOf(c, att), pods: lp, chains: chains,
-				problems: append([]Problem(nil), c.problems[problems:]...), sets: c.sets.used}
+			ca = &compiledAttachment{pods: lp, chains: chains,
+				problems: slices.Clone(c.problems[problems:]), sets: c.sets.used}
 		}
 		compiled[att.memoKey()] = ca
 		d.Pods = append(d.Pods, ca.pods...)
 		d.Chains = append(d.Chains, ca.chains...)
 	}
-	if memo != nil {
-		memo.attachments = compiled
-	}
+	c.compiled = compiled
 	d.Pending = c.pending(in, attachments)
 	d.Sets = c.sets.finish(c)
-	slices.SortFunc(d.Chains, func(a, b Chain) int {
+	slices.SortFunc(d.Chains, func(a, b ruleset.Chain) int {
 		return cmp.Or(cmp.Compare(a.Family, b.Family), cmp.Compare(a.Name, b.Name))
 	})
-	slices.SortFunc(d.Pods, func(a, b LocalPod) int { return compareRef(a.Pod, b.Pod) })
+	slices.SortFunc(d.Pods, func(a, b ruleset.LocalPod) int { return compareRef(a.Pod, b.Pod) })
 	d.Problems = c.problems
-	slices.SortStableFunc(d.Problems, func(a, b Problem) int {
+	slices.SortStableFunc(d.Problems, func(a, b ruleset.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
 			cmp.Compare(a.Err.Error(), b.Err.Error()))
 	})
+	c.sets, c.problems = nil, nil
 	return d, nil
 }
 
-// newCompiler indexes the input's objects; parse and derive make a
-// policy's and a pod's derived form (directly, or through a Cache).
-func newCompiler(in Input, mode Mode, parse func(*networkingv1.NetworkPolicy) *parsedPolicy,
-	derive func(*corev1.Pod) (*podInfo, []Problem)) *compiler {
-	c := &compiler{
-		mode:     mode,
-		cluster:  newCluster(in.Namespaces, in.Pods, derive),
-		sets:     newSetRegistry(),
-		selCache: map[string][]*podInfo{},
-		byNS:     map[string][]*parsedPolicy{},
-	}
-	c.problems = append(c.problems, c.cluster.problems...)
-	c.parsePolicies(in, parse)
-	return c
+func (c *compiler) problem(kind string, ref ruleset.Ref, err error) {
+	c.problems = append(c.problems, ruleset.Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
 }
 
-type compiler struct {
-	mode     Mode
-	cluster  *cluster
-	policies []*parsedPolicy
-	byNS     map[string][]*parsedPolicy
-	sets     *setRegistry
-	selCache map[string][]*podInfo
-	problems []Problem
+// policyIndex holds the parsed policies.
+type policyIndex struct {
+	byRef map[ruleset.Ref]*parsedPolicy
+	byNS  map[string][]*parsedPolicy // sorted by ref
+	// invalid reports the invalid policies; duplicates, what listing one
+	// twice did.
+	invalid    map[ruleset.Ref]ruleset.Problem
+	duplicates []ruleset.Problem
 }
 
-func (c *compiler) problem(kind string, ref Ref, err error) {
-	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ref.Namespace, Name: ref.Name, Err: err})
-}
-
-func (c *compiler) parsePolicies(in Input, parse func(*networkingv1.NetworkPolicy) *parsedPolicy) {
-	seen := map[Ref]bool{}
-	for i := range in.Policies {
-		p := parse(&in.Policies[i])
-		if seen[p.ref] {
-			c.problem("NetworkPolicy", p.ref, errors.New("listed more than once; the first one counts"))
+func newPolicyIndex(policies []networkingv1.NetworkPolicy) *policyIndex {
+	x := &policyIndex{byRef: make(map[ruleset.Ref]*parsedPolicy, len(policies)), byNS: map[string][]*parsedPolicy{},
+		invalid: map[ruleset.Ref]ruleset.Problem{}}
+	for i := range policies {
+		ref := policyRef(&policies[i])
+		if _, dup := x.byRef[ref]; dup {
+			x.duplicates = append(x.duplicates, ruleset.Problem{Kind: "NetworkPolicy", Namespace: ref.Namespace, Name: ref.Name, Err: errListedTwice})
 			continue
 		}
-		seen[p.ref] = true
-		if p.err != nil {
-			c.problem("NetworkPolicy", p.ref, fmt.Errorf("invalid, so it allows nothing but still isolates the pods it selects: %w", p.err))
-		}
-		c.policies = append(c.policies, p)
+		x.add(parsePolicy(&policies[i]))
 	}
-	slices.SortFunc(c.policies, func(a, b *parsedPolicy) int { return compareRef(a.ref, b.ref) })
-	for _, p := range c.policies {
-		c.byNS[p.ref.Namespace] = append(c.byNS[p.ref.Namespace], p)
+	for _, ps := range x.byNS {
+		slices.SortFunc(ps, comparePolicies)
 	}
+	return x
+}
+
+func policyRef(np *networkingv1.NetworkPolicy) ruleset.Ref { return objectRef(np.Namespace, np.Name) }
+
+func comparePolicies(a, b *parsedPolicy) int { return compareRef(a.ref, b.ref) }
+
+// add indexes a policy by ref, leaving byNS unsorted.
+func (x *policyIndex) add(p *parsedPolicy) {
+	x.byRef[p.ref] = p
+	x.byNS[p.ref.Namespace] = append(x.byNS[p.ref.Namespace], p)
+	if p.err != nil {
+		x.invalid[p.ref] = ruleset.Problem{Kind: "NetworkPolicy", Namespace: p.ref.Namespace, Name: p.ref.Name,
+			Err: fmt.Errorf("invalid, so it allows nothing but still isolates the pods it selects: %w", p.err)}
+	}
+}
+
+func (x *policyIndex) find(ref ruleset.Ref) (int, bool) {
+	return slices.BinarySearchFunc(x.byNS[ref.Namespace], ref, func(p *parsedPolicy, r ruleset.Ref) int { return compareRef(p.ref, r) })
+}
+
+// replace puts the policy (nil: none) in the place of the one of that ref.
+func (x *policyIndex) replace(ref ruleset.Ref, np *networkingv1.NetworkPolicy) {
+	if i, found := x.find(ref); found {
+		x.byNS[ref.Namespace] = slices.Delete(x.byNS[ref.Namespace], i, i+1)
+	}
+	delete(x.byRef, ref)
+	delete(x.invalid, ref)
+	if np != nil {
+		// add appends; a namespace holds few policies.
+		x.add(parsePolicy(np))
+		slices.SortFunc(x.byNS[ref.Namespace], comparePolicies)
+	}
+	if len(x.byNS[ref.Namespace]) == 0 {
+		delete(x.byNS, ref.Namespace)
+	}
+}
+
+func (x *policyIndex) problems() []ruleset.Problem {
+	out := slices.Clone(x.duplicates)
+	for _, p := range x.invalid {
+		out = append(out, p)
+	}
+	return out
 }
 
 // attachment is one chain key and the pods that claim it: normally one.
 type attachment struct {
 	key  string
-	refs []Ref
+	refs []ruleset.Ref
+}
+
+// memoKey names an attachment's compilation: its key and its pods.
+func (a attachment) memoKey() string {
+	var b strings.Builder
+	b.WriteString(a.key)
+	for _, r := range a.refs {
+		b.WriteByte('\x00')
+		b.WriteString(r.Namespace)
+		b.WriteByte('/')
+		b.WriteString(r.Name)
+	}
+	return b.String()
 }
 
 func (c *compiler) attachments(in Input) []attachment {
-	byKey := map[string][]Ref{}
+	byKey := map[string][]ruleset.Ref{}
 	for ref, key := range in.ChainKeys {
-		if ref.Namespace == "" {
-			ref.Namespace = corev1.NamespaceDefault
-		}
+		ref = objectRef(ref.Namespace, ref.Name)
 		if err := ValidateChainKey(key); err != nil {
 			c.problem("ChainKey", ref, fmt.Errorf("no chains: %w", err))
 			continue
@@ -160,17 +238,17 @@ func (c *compiler) attachments(in Input) []attachment {
 }
 
 // pending lists the pods scheduled here that have no usable chain key.
-func (c *compiler) pending(in Input, attachments []attachment) []Ref {
+func (c *compiler) pending(in Input, attachments []attachment) []ruleset.Ref {
 	if in.Node == "" {
 		return nil
 	}
-	keyed := map[Ref]bool{}
+	keyed := map[ruleset.Ref]bool{}
 	for _, att := range attachments {
 		for _, ref := range att.refs {
 			keyed[ref] = true
 		}
 	}
-	var out []Ref
+	var out []ruleset.Ref
 	for _, p := range c.cluster.pods {
 		if p.node == in.Node && !keyed[p.ref] {
 			out = append(out, p.ref)
@@ -179,14 +257,14 @@ func (c *compiler) pending(in Input, attachments []attachment) []Ref {
 	return out
 }
 
-func (c *compiler) compileAttachment(att attachment) ([]LocalPod, []Chain, error) {
+func (c *compiler) compileAttachment(att attachment) ([]ruleset.LocalPod, []ruleset.Chain, error) {
 	inName, outName, err := ChainNames(att.key)
 	if err != nil {
 		return nil, nil, err
 	}
-	var pods []LocalPod
+	var pods []ruleset.LocalPod
 	for _, ref := range att.refs {
-		lp := LocalPod{Pod: ref, Key: att.key, IngressChain: inName, EgressChain: outName}
+		lp := ruleset.LocalPod{Pod: ref, Key: att.key, IngressChain: inName, EgressChain: outName}
 		if p := c.cluster.byRef[ref]; p != nil {
 			lp.IPs = slices.Clone(p.ips)
 		}
@@ -198,50 +276,50 @@ func (c *compiler) compileAttachment(att attachment) ([]LocalPod, []Chain, error
 			c.problem("ChainKey", ref, fmt.Errorf("chain key %s is claimed by %d pods; all their traffic is dropped", att.key, len(att.refs)))
 		}
 	}
-	var chains []Chain
-	for _, f := range Families() {
-		for _, dir := range []Direction{Ingress, Egress} {
+	var chains []ruleset.Chain
+	for _, f := range ruleset.Families() {
+		for _, dir := range []ruleset.Direction{ruleset.Ingress, ruleset.Egress} {
 			name := inName
-			if dir == Egress {
+			if dir == ruleset.Egress {
 				name = outName
 			}
-			var rules []Rule
+			var rules []ruleset.Rule
 			if len(att.refs) > 1 {
-				rules = []Rule{withComment(nil, fmt.Sprintf("%s %s: chain key shared by %d pods, drop all", owner, dir, len(att.refs)), TargetDeny)}
+				rules = []ruleset.Rule{withComment(nil, fmt.Sprintf("%s %s: chain key shared by %d pods, drop all", owner, dir, len(att.refs)), TargetDeny)}
 			} else {
 				rules, err = c.podRules(owner, c.cluster.byRef[owner], f, dir)
 				if err != nil {
 					return nil, nil, err
 				}
 			}
-			chains = append(chains, Chain{Family: f, Name: name, Pod: owner, Direction: dir, Rules: rules})
+			chains = append(chains, ruleset.Chain{Family: f, Name: name, Pod: owner, Direction: dir, Rules: rules})
 		}
 	}
 	return pods, chains, nil
 }
 
 // podRules is the chain of one pod, one family, one direction.
-func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]Rule, error) {
+func (c *compiler) podRules(ref ruleset.Ref, pod *podInfo, f ruleset.Family, dir ruleset.Direction) ([]ruleset.Rule, error) {
 	who := ref.String() + " " + string(dir)
 	if pod == nil {
-		return []Rule{withComment(nil, who+": pod unknown to the policy engine, drop all", TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, who+": pod unknown to the policy engine, drop all", TargetDeny)}, nil
 	}
 	if len(pod.addrs(f)) == 0 {
-		return []Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, fmt.Sprintf("%s: pod has no %s address, drop all %s", who, f, f), TargetDeny)}, nil
 	}
 	var selecting []*parsedPolicy
-	for _, p := range c.byNS[ref.Namespace] {
+	for _, p := range c.policies.byNS[ref.Namespace] {
 		if p.affects(dir) && p.podSel.matches(pod.labels) {
 			selecting = append(selecting, p)
 		}
 	}
 	if len(selecting) == 0 {
 		if c.mode == ModeKubernetes {
-			return []Rule{withComment(nil, who+": no policy selects this pod, allow all (kubernetes mode)", TargetAllow)}, nil
+			return []ruleset.Rule{withComment(nil, who+": no policy selects this pod, allow all (kubernetes mode)", TargetAllow)}, nil
 		}
-		return []Rule{withComment(nil, who+": no policy selects this pod, default deny (deny mode)", TargetDeny)}, nil
+		return []ruleset.Rule{withComment(nil, who+": no policy selects this pod, default deny (deny mode)", TargetDeny)}, nil
 	}
-	var out []Rule
+	var out []ruleset.Rule
 	seen := map[string]bool{}
 	for _, p := range selecting {
 		rules, err := c.policyRules(who, pod, f, dir, p)
@@ -255,7 +333,7 @@ func (c *compiler) podRules(ref Ref, pod *podInfo, f Family, dir Direction) ([]R
 			}
 			// A rule without a target changes nothing; it shows who
 			// isolates the pod.
-			rules = []Rule{withComment(nil, fmt.Sprintf("%s: isolated by %s, which %s", who, p.ref, why), "")}
+			rules = []ruleset.Rule{withComment(nil, fmt.Sprintf("%s: isolated by %s, which %s", who, p.ref, why), "")}
 		}
 		for _, r := range rules {
 			k := strings.Join(r, "\x00")
@@ -288,12 +366,12 @@ type peerMatch struct {
 }
 
 // policyRules renders what one policy allows for one pod, in rule order.
-func (c *compiler) policyRules(who string, pod *podInfo, f Family, dir Direction, p *parsedPolicy) ([]Rule, error) {
+func (c *compiler) policyRules(who string, pod *podInfo, f ruleset.Family, dir ruleset.Direction, p *parsedPolicy) ([]ruleset.Rule, error) {
 	flag, preposition, anyone := "src", "from", "any source"
-	if dir == Egress {
+	if dir == ruleset.Egress {
 		flag, preposition, anyone = "dst", "to", "any destination"
 	}
-	var out []Rule
+	var out []ruleset.Rule
 	for _, r := range p.rules(dir) {
 		label := fmt.Sprintf("%s: allowed by %s rule %d %s ", who, p.ref, r.number, preposition)
 
@@ -358,7 +436,7 @@ func (c *compiler) policyRules(who string, pod *podInfo, f Family, dir Direction
 // the named ports that must be resolved on each destination. Ingress named
 // ports resolve on the pod itself. With no ports at all it returns one
 // match for anything.
-func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portMatch, []portSpec) {
+func (c *compiler) rulePorts(pod *podInfo, dir ruleset.Direction, r parsedRule) ([]portMatch, []portSpec) {
 	if r.anyPort {
 		return []portMatch{{}}, nil
 	}
@@ -371,7 +449,7 @@ func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portM
 			anyPort[ps.proto] = true
 		case ps.name == "":
 			ranges[ps.proto] = append(ranges[ps.proto], portRange{ps.first, ps.last})
-		case dir == Ingress:
+		case dir == ruleset.Ingress:
 			for _, n := range pod.namedPort(ps.name, ps.proto) {
 				ranges[ps.proto] = append(ranges[ps.proto], portRange{n, n})
 			}
@@ -390,7 +468,7 @@ func (c *compiler) rulePorts(pod *podInfo, dir Direction, r parsedRule) ([]portM
 
 // namedPortPeers returns, for an egress named port, one hash:ip,port set per
 // peer of the rule (args[0] is the set name).
-func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f Family) ([]peerMatch, error) {
+func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f ruleset.Family) ([]peerMatch, error) {
 	suffix := " on port " + np.String()
 	if r.anyPeer {
 		name, err := c.namedPortSet(allPodsPeer(), nil, np, f)
@@ -423,11 +501,11 @@ func (c *compiler) namedPortPeers(r parsedRule, np portSpec, f Family) ([]peerMa
 
 // selected is the pods a pod peer selects, computed once per peer content.
 func (c *compiler) selected(pp *podPeer) []*podInfo {
-	if pods, ok := c.selCache[pp.key]; ok {
-		return pods
+	if s, ok := c.selections[pp.key]; ok {
+		return s.pods
 	}
 	pods := c.cluster.podsSelectedBy(pp)
-	c.selCache[pp.key] = pods
+	c.selections[pp.key] = &peerSelection{peer: pp, pods: pods}
 	return pods
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/iptsim"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	"github.com/podwall/podwall/test/cyclonus"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -88,7 +89,7 @@ func (c *testCluster) probes(pc *generator.ProbeConfig) ([]probe, error) {
 
 type conformanceVariant struct {
 	name     string
-	cidrFrom policy.Family // the family of z/c's address given to the generator
+	cidrFrom ruleset.Family // the family of z/c's address given to the generator
 	allowDNS bool
 	nodes    []string
 	nodeOf   func(ns, pod string) string
@@ -104,8 +105,8 @@ func conformanceVariants() []conformanceVariant {
 		return "node-1"
 	}
 	return []conformanceVariant{
-		{name: "ipv4-blocks/one-node", cidrFrom: policy.IPv4, allowDNS: true, nodes: []string{"node-1"}, nodeOf: oneNode},
-		{name: "ipv6-blocks/two-nodes", cidrFrom: policy.IPv6, allowDNS: false, nodes: []string{"node-1", "node-2"}, nodeOf: twoNodes},
+		{name: "ipv4-blocks/one-node", cidrFrom: ruleset.IPv4, allowDNS: true, nodes: []string{"node-1"}, nodeOf: oneNode},
+		{name: "ipv6-blocks/two-nodes", cidrFrom: ruleset.IPv6, allowDNS: false, nodes: []string{"node-1", "node-2"}, nodeOf: twoNodes},
 	}
 }
 
@@ -134,7 +135,7 @@ func runConformance(t *testing.T, v conformanceVariant, mode policy.Mode) {
 		t.Fatal(err)
 	}
 	podIP := v4
-	if v.cidrFrom == policy.IPv6 {
+	if v.cidrFrom == ruleset.IPv6 {
 		podIP = v6
 	}
 	cases, err := cyclonus.Cases(v.allowDNS, podIP.String())
@@ -184,7 +185,7 @@ func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant,
 		if err != nil {
 			t.Fatal(err)
 		}
-		desired := map[string]*policy.Desired{}
+		desired := map[string]*ruleset.Desired{}
 		sims := map[string]*iptsim.Simulator{}
 		for _, node := range v.nodes {
 			d, sim := compileNode(t, c, mode, node)
@@ -198,16 +199,16 @@ func runCyclonusCase(t *testing.T, tc *generator.TestCase, v conformanceVariant,
 		if err != nil {
 			t.Fatal(err)
 		}
-		peers := map[*testPod]map[policy.Family]*matcher.TrafficPeer{}
+		peers := map[*testPod]map[ruleset.Family]*matcher.TrafficPeer{}
 		for _, p := range c.pods {
-			peers[p] = map[policy.Family]*matcher.TrafficPeer{}
-			for _, f := range policy.Families() {
+			peers[p] = map[ruleset.Family]*matcher.TrafficPeer{}
+			for _, f := range ruleset.Families() {
 				peers[p][f] = model.Peer(model.Pod(p.ns, p.name), p.addr(f).String())
 			}
 		}
 		var mismatches []string
 		for _, j := range jobs {
-			for _, f := range policy.Families() {
+			for _, f := range ruleset.Families() {
 				n.probes++
 				pkt := iptsim.Packet{Src: j.from.addr(f), Dst: j.to.addr(f), Protocol: j.proto, DstPort: uint16(j.port)}
 				want := oracle.IsTrafficAllowed(&matcher.Traffic{

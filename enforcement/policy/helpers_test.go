@@ -9,6 +9,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/iptsim"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
@@ -61,13 +62,13 @@ func (c *testCluster) addPod(ns, name string, labels map[string]string, v4, v6 s
 type world struct {
 	t       testing.TB
 	c       *testCluster
-	desired map[string]*policy.Desired
+	desired map[string]*ruleset.Desired
 	sims    map[string]*iptsim.Simulator
 }
 
 func compileWorld(t testing.TB, c *testCluster, mode policy.Mode) *world {
 	t.Helper()
-	w := &world{t: t, c: c, desired: map[string]*policy.Desired{}, sims: map[string]*iptsim.Simulator{}}
+	w := &world{t: t, c: c, desired: map[string]*ruleset.Desired{}, sims: map[string]*iptsim.Simulator{}}
 	for _, p := range c.pods {
 		if _, done := w.sims[p.node]; done {
 			continue
@@ -78,7 +79,7 @@ func compileWorld(t testing.TB, c *testCluster, mode policy.Mode) *world {
 }
 
 // endpoint resolves "ns/pod" to a pod address, or takes an address literal.
-func (w *world) endpoint(s string, f policy.Family) (netip.Addr, *testPod) {
+func (w *world) endpoint(s string, f ruleset.Family) (netip.Addr, *testPod) {
 	w.t.Helper()
 	if a, err := netip.ParseAddr(s); err == nil {
 		return a, nil
@@ -92,7 +93,7 @@ func (w *world) endpoint(s string, f policy.Family) (netip.Addr, *testPod) {
 }
 
 // allowed judges one packet; the family is the one of the addresses.
-func (w *world) allowed(from, to string, proto corev1.Protocol, port uint16, f policy.Family) (bool, string) {
+func (w *world) allowed(from, to string, proto corev1.Protocol, port uint16, f ruleset.Family) (bool, string) {
 	w.t.Helper()
 	src, srcPod := w.endpoint(from, f)
 	dst, dstPod := w.endpoint(to, f)
@@ -129,7 +130,7 @@ type expectation struct {
 	allow    bool
 }
 
-func (w *world) expect(f policy.Family, exps ...expectation) {
+func (w *world) expect(f ruleset.Family, exps ...expectation) {
 	w.t.Helper()
 	for _, e := range exps {
 		proto, port, _ := strings.Cut(e.what, "/")

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -212,7 +213,7 @@ spec:
 			if p.Kind != "NetworkPolicy" || p.Namespace != "prod" || p.Name != "bad" || !strings.Contains(p.Error(), tc.wantErr) {
 				t.Errorf("problem %q: want NetworkPolicy prod/bad mentioning %q", p.Error(), tc.wantErr)
 			}
-			w.expect(policy.IPv4, tc.v4...)
+			w.expect(ruleset.IPv4, tc.v4...)
 			if t.Failed() {
 				t.Logf("compiled:\n%s", w.dump())
 			}
@@ -235,7 +236,7 @@ spec:
 	if len(w.desired["node-1"].Problems) != 1 {
 		t.Fatalf("want one problem, got %v", w.desired["node-1"].Problems)
 	}
-	w.expect(policy.IPv4,
+	w.expect(ruleset.IPv4,
 		expectation{"prod/web", "prod/db", "TCP/1", false},
 		expectation{"prod/web", "192.0.2.1", "TCP/1", false},
 	)

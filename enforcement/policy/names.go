@@ -40,9 +40,9 @@ const (
 	kindPodPort setKind = "PORT" // hash:ip,port of pods serving a named port
 )
 
-func setName(kind setKind, f Family, contentKey string) string {
+func setName(kind setKind, f ruleset.Family, contentKey string) string {
 	digit := "4"
-	if f == IPv6 {
+	if f == ruleset.IPv6 {
 		digit = "6"
 	}
 	return Prefix + string(kind) + digit + "-" + hashName(string(kind), string(f), contentKey)

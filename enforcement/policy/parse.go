@@ -11,11 +11,13 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // parsedPolicy is a NetworkPolicy reduced to what enforcement needs.
 type parsedPolicy struct {
-	ref Ref
+	ref ruleset.Ref
 	// podSel is what the policy selects in its namespace. When the
 	// policy's own podSelector is unparseable it is everything: fail closed.
 	podSel  selector
@@ -27,15 +29,15 @@ type parsedPolicy struct {
 	err          error
 }
 
-func (p *parsedPolicy) affects(d Direction) bool {
-	if d == Ingress {
+func (p *parsedPolicy) affects(d ruleset.Direction) bool {
+	if d == ruleset.Ingress {
 		return p.ingress
 	}
 	return p.egress
 }
 
-func (p *parsedPolicy) rules(d Direction) []parsedRule {
-	if d == Ingress {
+func (p *parsedPolicy) rules(d ruleset.Direction) []parsedRule {
+	if d == ruleset.Ingress {
 		return p.ingressRules
 	}
 	return p.egressRules
@@ -98,7 +100,7 @@ type ipBlock struct {
 	desc   string
 }
 
-func (b *ipBlock) family() Family { return familyOf(b.cidr.Addr()) }
+func (b *ipBlock) family() ruleset.Family { return ruleset.FamilyOf(b.cidr.Addr()) }
 
 func (b *ipBlock) contains(a netip.Addr) bool {
 	if !b.cidr.Contains(a) {
@@ -137,11 +139,8 @@ func (p portSpec) String() string {
 // It never returns nil: an invalid policy comes back with err set and no
 // rules, still isolating what it can be said to select.
 func parsePolicy(np *networkingv1.NetworkPolicy) *parsedPolicy {
-	ns := np.Namespace
-	if ns == "" {
-		ns = corev1.NamespaceDefault
-	}
-	p := &parsedPolicy{ref: Ref{Namespace: ns, Name: np.Name}}
+	p := &parsedPolicy{ref: policyRef(np)}
+	ns := p.ref.Namespace
 	var errs []error
 	fail := func(path string, err error) { errs = append(errs, fmt.Errorf("%s: %w", path, err)) }
 

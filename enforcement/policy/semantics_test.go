@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // baseCluster is a small dual-stack cluster for focused tests:
@@ -60,8 +61,8 @@ func runSemantics(t *testing.T, cases []semanticsCase) {
 					t.Fatalf("unexpected problems: %v", d.Problems)
 				}
 			}
-			w.expect(policy.IPv4, tc.v4...)
-			w.expect(policy.IPv6, tc.v6...)
+			w.expect(ruleset.IPv4, tc.v4...)
+			w.expect(ruleset.IPv6, tc.v6...)
 			if t.Failed() {
 				t.Logf("compiled:\n%s", w.dump())
 			}
@@ -633,18 +634,18 @@ func TestPodWithoutAddressInAFamilyDropsThatFamily(t *testing.T) {
 	c := baseCluster()
 	for _, mode := range []policy.Mode{policy.ModeKubernetes, policy.ModeDeny} {
 		d, _ := compileNode(t, c, mode, "node-1")
-		var tool policy.LocalPod
+		var tool ruleset.LocalPod
 		for _, lp := range d.Pods {
 			if lp.Pod.Name == "tool" {
 				tool = lp
 			}
 		}
 		for _, name := range []string{tool.IngressChain, tool.EgressChain} {
-			ch := d.Chain(policy.IPv6, name)
+			ch := d.Chain(ruleset.IPv6, name)
 			if ch == nil || len(ch.Rules) != 1 || ch.Rules[0][len(ch.Rules[0])-1] != policy.TargetDeny {
 				t.Errorf("%s mode: IPv6 chain %s of an IPv4-only pod should only drop: %+v", mode, name, ch)
 			}
-			if ch4 := d.Chain(policy.IPv4, name); ch4 == nil {
+			if ch4 := d.Chain(ruleset.IPv4, name); ch4 == nil {
 				t.Errorf("%s mode: IPv4 chain %s missing", mode, name)
 			}
 		}

@@ -7,33 +7,45 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // setRegistry hands out set names by content and fills the sets in at the
 // end, so a set is computed once however many rules use it.
 type setRegistry struct {
 	sets map[string]*pendingSet
-	// used lists the sets registered since it was last reset, so that a
-	// Cache can register them again for an attachment it does not compile
-	// again.
+	// used lists the sets registered since it was last reset, so that an
+	// attachment that is not compiled again can register them again.
 	used []*pendingSet
-	// members, when set, keeps the members of sets computed by earlier
-	// compilations of the same cluster (see clusterMemo).
-	members map[string][]string
+	// members keeps the members of sets filled by earlier compilations
+	// (see compiler.members).
+	members map[string]setMembers
 }
 
 type pendingSet struct {
-	set IPSet
+	set ruleset.IPSet
 	key string
+	// selection is the key of the peer whose selected pods the members
+	// come from; "" when they come from the set's content alone.
+	selection string
 	// members computes the set's members from the compiler's cluster; it
 	// captures nothing else that depends on the cluster, so that a set
 	// registered by an earlier compilation is filled from the current one.
 	members func(*compiler) []string
 }
 
-func newSetRegistry() *setRegistry { return &setRegistry{sets: map[string]*pendingSet{}} }
+// setMembers are a set's members and the selection they were made from.
+type setMembers struct {
+	selection string
+	members   []string
+}
 
-func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment string, members func(*compiler) []string) (string, error) {
+func newSetRegistry(members map[string]setMembers) *setRegistry {
+	return &setRegistry{sets: map[string]*pendingSet{}, members: members}
+}
+
+func (r *setRegistry) use(kind setKind, f ruleset.Family, typ ruleset.SetType, key, comment, selection string, members func(*compiler) []string) (string, error) {
 	name := setName(kind, f, key)
 	if s, ok := r.sets[name]; ok {
 		if s.key != key {
@@ -43,9 +55,10 @@ func (r *setRegistry) use(kind setKind, f Family, typ SetType, key, comment stri
 		return name, nil
 	}
 	s := &pendingSet{
-		set:     IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
-		key:     key,
-		members: members,
+		set:       ruleset.IPSet{Name: name, Family: f, Type: typ, Comment: sanitizeComment(comment)},
+		key:       key,
+		selection: selection,
+		members:   members,
 	}
 	r.sets[name] = s
 	r.used = append(r.used, s)
@@ -62,33 +75,39 @@ func (r *setRegistry) adopt(s *pendingSet) error {
 	return nil
 }
 
-func (r *setRegistry) finish(c *compiler) []IPSet {
-	out := make([]IPSet, 0, len(r.sets))
+// finish fills the sets, from the members kept when they are there, and
+// forgets the members and selections no set uses any more.
+func (r *setRegistry) finish(c *compiler) []ruleset.IPSet {
+	out := make([]ruleset.IPSet, 0, len(r.sets))
+	selections := map[string]bool{}
 	for _, s := range r.sets {
 		set := s.set
 		if m, ok := r.members[set.Name]; ok {
-			set.Members = m
+			set.Members = m.members
 		} else {
 			set.Members = s.members(c)
-			if r.members != nil {
-				r.members[set.Name] = set.Members
-			}
+			r.members[set.Name] = setMembers{selection: s.selection, members: set.Members}
 		}
+		selections[s.selection] = true
 		out = append(out, set)
 	}
-	// Sets no rule uses any more are forgotten.
 	for name := range r.members {
 		if _, ok := r.sets[name]; !ok {
 			delete(r.members, name)
 		}
 	}
-	slices.SortFunc(out, func(a, b IPSet) int { return strings.Compare(a.Name, b.Name) })
+	for key := range c.selections {
+		if !selections[key] {
+			delete(c.selections, key)
+		}
+	}
+	slices.SortFunc(out, func(a, b ruleset.IPSet) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
 // podSet names the hash:ip set of the pods a peer selects.
-func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
-	return c.sets.use(kindPods, f, SetHashIP, pp.key, pp.desc+" ("+f.String()+")", func(c *compiler) []string {
+func (c *compiler) podSet(pp *podPeer, f ruleset.Family) (string, error) {
+	return c.sets.use(kindPods, f, ruleset.SetHashIP, pp.key, pp.desc+" ("+f.String()+")", pp.key, func(c *compiler) []string {
 		var addrs []netip.Addr
 		for _, p := range c.selected(pp) {
 			addrs = append(addrs, p.addrs(f)...)
@@ -108,7 +127,7 @@ func (c *compiler) podSet(pp *podPeer, f Family) (string, error) {
 // matching prefix, so an address inside an except does not match.
 func (c *compiler) cidrSet(b *ipBlock) (string, error) {
 	f := b.family()
-	return c.sets.use(kindCIDR, f, SetHashNet, b.key, b.desc, func(*compiler) []string { return cidrMembers(b) })
+	return c.sets.use(kindCIDR, f, ruleset.SetHashNet, b.key, b.desc, "", func(*compiler) []string { return cidrMembers(b) })
 }
 
 func cidrMembers(b *ipBlock) []string {
@@ -163,18 +182,18 @@ func formatNet(p netip.Prefix) string {
 // named port, which resolves on each destination pod separately. A nil
 // peer means every pod; an ipBlock peer means every pod whose address is in
 // the block.
-func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f Family) (string, error) {
+func (c *compiler) namedPortSet(pp *podPeer, b *ipBlock, port portSpec, f ruleset.Family) (string, error) {
 	proto := ipsetProto(port.proto)
-	var key, desc string
+	var key, desc, selection string
 	switch {
 	case b != nil:
-		key, desc = "block:"+b.key, "pods in "+b.desc
+		key, desc, selection = "block:"+b.key, "pods in "+b.desc, allPodsPeer().key
 	default:
-		key, desc = "pods:"+pp.key, pp.desc
+		key, desc, selection = "pods:"+pp.key, pp.desc, pp.key
 	}
 	key += "|port:" + proto + "/" + port.name
 	desc += " serving " + port.name + " (" + proto + ", " + f.String() + ")"
-	return c.sets.use(kindPodPort, f, SetHashIPPort, key, desc, func(c *compiler) []string {
+	return c.sets.use(kindPodPort, f, ruleset.SetHashIPPort, key, desc, selection, func(c *compiler) []string {
 		var pods []*podInfo
 		if b != nil {
 			pods = c.allPeerPods()

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func TestChainKeyAndNames(t *testing.T) {
@@ -41,12 +42,12 @@ func TestChainKeyAndNames(t *testing.T) {
 func TestChainKeysDecideWhatGetsChains(t *testing.T) {
 	c := baseCluster()
 	in := c.input(policy.ModeKubernetes, "node-1")
-	web := policy.Ref{Namespace: "prod", Name: "web"}
-	mon := policy.Ref{Namespace: "ops", Name: "mon"}
-	ghost := policy.Ref{Namespace: "prod", Name: "ghost"}
-	db := policy.Ref{Namespace: "prod", Name: "db"}
-	api := policy.Ref{Namespace: "prod", Name: "api"}
-	tool := policy.Ref{Namespace: "dev", Name: "tool"}
+	web := ruleset.Ref{Namespace: "prod", Name: "web"}
+	mon := ruleset.Ref{Namespace: "ops", Name: "mon"}
+	ghost := ruleset.Ref{Namespace: "prod", Name: "ghost"}
+	db := ruleset.Ref{Namespace: "prod", Name: "db"}
+	api := ruleset.Ref{Namespace: "prod", Name: "api"}
+	tool := ruleset.Ref{Namespace: "dev", Name: "tool"}
 	delete(in.ChainKeys, web)     // scheduled here, not attached yet
 	in.ChainKeys[ghost] = "GHOST" // attached, but the agent has no manifest
 	in.ChainKeys[mon] = "MON"     // manifest says node-2
@@ -59,7 +60,7 @@ func TestChainKeysDecideWhatGetsChains(t *testing.T) {
 	}
 	checkInvariants(t, d)
 
-	if !reflect.DeepEqual(d.Pending, []policy.Ref{tool, web}) {
+	if !reflect.DeepEqual(d.Pending, []ruleset.Ref{tool, web}) {
 		t.Errorf("Pending = %v, want [dev/tool prod/web]", d.Pending)
 	}
 	var problems []string
@@ -83,7 +84,7 @@ func TestChainKeysDecideWhatGetsChains(t *testing.T) {
 
 	dropsAll := func(name string) {
 		t.Helper()
-		for _, f := range policy.Families() {
+		for _, f := range ruleset.Families() {
 			ch := d.Chain(f, name)
 			if ch == nil || len(ch.Rules) != 1 || ch.Rules[0][len(ch.Rules[0])-1] != policy.TargetDeny {
 				t.Errorf("chain %s (%s) should only drop, got %+v", name, f, ch)
@@ -97,7 +98,7 @@ func TestChainKeysDecideWhatGetsChains(t *testing.T) {
 	}
 	// Enforced here although its manifest names another node.
 	monIn, _, _ := policy.ChainNames("MON")
-	if d.Chain(policy.IPv4, monIn) == nil {
+	if d.Chain(ruleset.IPv4, monIn) == nil {
 		t.Errorf("attached pod ops/mon has no chain")
 	}
 	var pods []string
@@ -153,7 +154,7 @@ spec:
 	d, _ := compileNode(t, c, policy.ModeKubernetes, "node-1")
 	var podSets []string
 	for _, s := range d.Sets {
-		if s.Type == policy.SetHashIP {
+		if s.Type == ruleset.SetHashIP {
 			podSets = append(podSets, s.Name)
 		}
 	}
@@ -207,7 +208,7 @@ spec:
 	d, _ := compileNode(t, c, policy.ModeDeny, "node-1")
 	var b strings.Builder
 	for _, ch := range d.Chains {
-		if ch.Family != policy.IPv4 {
+		if ch.Family != ruleset.IPv4 {
 			continue
 		}
 		for _, r := range ch.Rules {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/policy/iptsim"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,10 +24,10 @@ type testPod struct {
 	ports    []corev1.ContainerPort
 }
 
-func (p *testPod) ref() policy.Ref { return policy.Ref{Namespace: p.ns, Name: p.name} }
+func (p *testPod) ref() ruleset.Ref { return ruleset.Ref{Namespace: p.ns, Name: p.name} }
 
-func (p *testPod) addr(f policy.Family) netip.Addr {
-	if f == policy.IPv6 {
+func (p *testPod) addr(f ruleset.Family) netip.Addr {
+	if f == ruleset.IPv6 {
 		return p.v6
 	}
 	return p.v4
@@ -109,7 +110,7 @@ func (c *testCluster) policyIndex(ns, name string) int {
 // input builds the compiler input for one node: the pods on that node are
 // attached (keyed); the rest are peers.
 func (c *testCluster) input(mode policy.Mode, node string) policy.Input {
-	in := policy.Input{Node: node, Mode: mode, ChainKeys: map[policy.Ref]string{}}
+	in := policy.Input{Node: node, Mode: mode, ChainKeys: map[ruleset.Ref]string{}}
 	for _, ns := range c.namespaces() {
 		in.Namespaces = append(in.Namespaces, corev1.Namespace{
 			ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: c.nsLabels[ns]},
@@ -128,7 +129,7 @@ func (c *testCluster) input(mode policy.Mode, node string) policy.Input {
 }
 
 // compileNode compiles for one node and checks structural invariants.
-func compileNode(t testing.TB, c *testCluster, mode policy.Mode, node string) (*policy.Desired, *iptsim.Simulator) {
+func compileNode(t testing.TB, c *testCluster, mode policy.Mode, node string) (*ruleset.Desired, *iptsim.Simulator) {
 	t.Helper()
 	d, err := policy.Compile(c.input(mode, node))
 	if err != nil {
@@ -145,7 +146,7 @@ func compileNode(t testing.TB, c *testCluster, mode policy.Mode, node string) (*
 // checkInvariants checks what must hold for any Desired: names within
 // limits and under the one prefix, chains that end in an unconditional
 // verdict so nothing falls through, and sets that list each entry once.
-func checkInvariants(t testing.TB, d *policy.Desired) {
+func checkInvariants(t testing.TB, d *ruleset.Desired) {
 	t.Helper()
 	for _, ch := range d.Chains {
 		if len(ch.Name) > 28 || !strings.HasPrefix(ch.Name, policy.Prefix) {
@@ -189,7 +190,7 @@ func checkInvariants(t testing.TB, d *policy.Desired) {
 }
 
 // dumpChains renders the chains of the given pods like iptables -S.
-func dumpChains(d *policy.Desired, f policy.Family, pods ...policy.Ref) string {
+func dumpChains(d *ruleset.Desired, f ruleset.Family, pods ...ruleset.Ref) string {
 	var b strings.Builder
 	var sets []string
 	for _, lp := range d.Pods {

@@ -30,37 +30,6 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("unknown policy mode %q (want %q or %q)", s, ModeDeny, ModeKubernetes)
 }
 
-// The compiler's output types live in package ruleset, which the CNI
-// plugin can import without the Kubernetes libraries.
-type (
-	Family    = ruleset.Family
-	Direction = ruleset.Direction
-	Ref       = ruleset.Ref
-	Desired   = ruleset.Desired
-	LocalPod  = ruleset.LocalPod
-	Chain     = ruleset.Chain
-	Rule      = ruleset.Rule
-	SetType   = ruleset.SetType
-	IPSet     = ruleset.IPSet
-	Problem   = ruleset.Problem
-	Stats     = ruleset.Stats
-)
-
-const (
-	IPv4          = ruleset.IPv4
-	IPv6          = ruleset.IPv6
-	Ingress       = ruleset.Ingress
-	Egress        = ruleset.Egress
-	SetHashIP     = ruleset.SetHashIP
-	SetHashNet    = ruleset.SetHashNet
-	SetHashIPPort = ruleset.SetHashIPPort
-)
-
-// Families lists both families in output order.
-func Families() []Family { return ruleset.Families() }
-
-func familyOf(a netip.Addr) Family { return ruleset.FamilyOf(a) }
-
 // Input is everything the compiler knows about the cluster.
 type Input struct {
 	// Namespaces give the labels namespaceSelectors match. The compiler adds
@@ -83,8 +52,9 @@ type Input struct {
 	// here even if its spec.nodeName names another node (that is reported),
 	// and a key whose pod is missing from Pods still gets chains, which
 	// drop everything, so that an attached pod never loses its chains.
-	ChainKeys map[Ref]string
-	// Cache, when set, keeps what is derived from single objects between
-	// compilations (see Cache); the output is the same with or without.
-	Cache *Cache
+	ChainKeys map[ruleset.Ref]string
+	// PodIPs replaces the addresses of the pods it names (whatever their
+	// status says, even nothing): for a pod attached here, the addresses
+	// the CNI plugin reported, which are what the kernel sees.
+	PodIPs map[ruleset.Ref][]netip.Addr
 }

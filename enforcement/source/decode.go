@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +13,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 // header is what every manifest must have before its kind is known.
@@ -66,14 +68,28 @@ func decodeFile(file string, data []byte) []decoded {
 // definition of an object counts, later ones are reported.
 type merger struct {
 	objs Objects
-	seen map[string]string // kind/namespace/name -> file that defined it first
+	// origins says where the definition that counts of each object comes
+	// from.
+	origins map[objectID]origin
+}
+
+// objectID names an object: its kind, namespace and name.
+type objectID struct{ kind, namespace, name string }
+
+// origin is one document of one content of a file: the same origin
+// decodes to the same object, so an object whose origin did not change
+// did not change.
+type origin struct {
+	file string
+	sum  [sha256.Size]byte
+	item int // the position among what the file decoded to
 }
 
 // newMerger sizes the merge for n objects, which saves growing large
 // slices of large structs.
 func newMerger(n objectCount) *merger {
 	return &merger{
-		seen: make(map[string]string, n.namespaces+n.pods+n.policies),
+		origins: make(map[objectID]origin, n.namespaces+n.pods+n.policies),
 		objs: Objects{
 			Namespaces: make([]corev1.Namespace, 0, n.namespaces),
 			Pods:       make([]corev1.Pod, 0, n.pods),
@@ -103,13 +119,14 @@ func countObjects(files map[string]cachedFile) objectCount {
 
 func (m *merger) problem(p Problem) { m.objs.Problems = append(m.objs.Problems, p) }
 
-func (m *merger) add(items []decoded) {
-	for _, it := range items {
+// add merges what a file whose bytes hash to sum decoded to.
+func (m *merger) add(file string, sum [sha256.Size]byte, items []decoded) {
+	for i, it := range items {
 		if it.problem != nil {
 			m.problem(*it.problem)
 			continue
 		}
-		if !m.claim(*it.claim) {
+		if !m.claim(*it.claim, origin{file: file, sum: sum, item: i}) {
 			continue
 		}
 		switch {
@@ -123,17 +140,57 @@ func (m *merger) add(items []decoded) {
 	}
 }
 
-// claim records kind/namespace/name as defined in p.File, reporting a
+// claim records kind/namespace/name as defined at o, reporting a
 // duplicate (the first definition, in file order, counts).
-func (m *merger) claim(p Problem) bool {
-	id := p.Kind + "/" + p.Namespace + "/" + p.Name
-	if first, dup := m.seen[id]; dup {
-		p.Err = fmt.Errorf("already defined in %s; this one is ignored", first)
+func (m *merger) claim(p Problem, o origin) bool {
+	id := objectID{p.Kind, p.Namespace, p.Name}
+	if first, dup := m.origins[id]; dup {
+		p.Err = fmt.Errorf("already defined in %s; this one is ignored", first.file)
 		m.problem(p)
 		return false
 	}
-	m.seen[id] = p.File
+	m.origins[id] = o
 	return true
+}
+
+// recordChanges records in ch the objects that differ between two
+// merges: an object from the same origin is the same; one from another
+// origin (its file changed, or another file's definition counts now) is
+// compared.
+func recordChanges(before, after map[objectID]origin, beforeFiles, afterFiles map[string]cachedFile, ch *changes.Set) {
+	record := func(id objectID) {
+		switch id.kind {
+		case "Namespace":
+			ch.Namespace(id.name)
+		case "Pod":
+			ch.Pod(id.namespace, id.name)
+		case "NetworkPolicy":
+			ch.Policy(id.namespace, id.name)
+		}
+	}
+	for id, o := range after {
+		was, ok := before[id]
+		if !ok || (was != o && !sameObject(beforeFiles[was.file].items[was.item], afterFiles[o.file].items[o.item])) {
+			record(id)
+		}
+	}
+	for id := range before {
+		if _, ok := after[id]; !ok {
+			record(id)
+		}
+	}
+}
+
+func sameObject(a, b decoded) bool {
+	switch {
+	case a.ns != nil && b.ns != nil:
+		return equality.Semantic.DeepEqual(a.ns, b.ns)
+	case a.pod != nil && b.pod != nil:
+		return equality.Semantic.DeepEqual(a.pod, b.pod)
+	case a.policy != nil && b.policy != nil:
+		return equality.Semantic.DeepEqual(a.policy, b.policy)
+	}
+	return false
 }
 
 // splitDocuments returns the documents of a file as JSON.
@@ -251,16 +308,6 @@ func (d *decoder) addList(file string, index int, js []byte) {
 	}
 }
 
-// contentVersion is the resourceVersion given to every object read from
-// a file, whatever the file says: a hash of the document. It changes
-// whenever the content does, which lets the compiler keep what it derived
-// from objects that did not change (policy.Cache); a resourceVersion
-// copied into a manifest would not.
-func contentVersion(js []byte) string {
-	sum := sha256.Sum256(js)
-	return "sha256-" + hex.EncodeToString(sum[:12])
-}
-
 func (d *decoder) addNamespace(p Problem, js []byte) {
 	var ns corev1.Namespace
 	if err := decodeStrict(js, &ns); err != nil {
@@ -268,7 +315,6 @@ func (d *decoder) addNamespace(p Problem, js []byte) {
 		d.problem(p)
 		return
 	}
-	ns.ResourceVersion = contentVersion(js)
 	p.Namespace = ""
 	if err := validateMeta(ns.ObjectMeta, false); err != nil {
 		p.Err = err
@@ -286,7 +332,6 @@ func (d *decoder) addPod(p Problem, js []byte) {
 		return
 	}
 	defaultNamespace(&pod.ObjectMeta)
-	pod.ResourceVersion = contentVersion(js)
 	p.Namespace = pod.Namespace
 	if err := validateMeta(pod.ObjectMeta, true); err != nil {
 		p.Err = err
@@ -306,7 +351,6 @@ func (d *decoder) addPolicy(p Problem, js []byte) {
 	err := decodeStrict(js, &np)
 	if err == nil {
 		defaultNamespace(&np.ObjectMeta)
-		np.ResourceVersion = contentVersion(js)
 		p.Namespace = np.Namespace
 		if err := validateMeta(np.ObjectMeta, true); err != nil {
 			p.Err = err

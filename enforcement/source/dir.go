@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 // DefaultDebounce is how long Dir waits for a burst of file events to end
@@ -45,14 +47,19 @@ type Dir struct {
 	readMu sync.Mutex
 
 	// decoded holds what each file decoded to at the last read, by name:
-	// a file whose bytes are unchanged is not decoded again. Only read
-	// (under readMu) touches it.
+	// a file whose bytes are unchanged is not decoded again; origins, where
+	// each object of the snapshot comes from. Only read (under readMu)
+	// touches them.
 	decoded map[string]cachedFile
+	origins map[objectID]origin
 
 	mu      sync.Mutex
 	objs    Objects
 	readErr error
 	digest  [sha256.Size]byte
+	// changed is what changed since the last Snapshot; unknown until the
+	// first one, and after a failed read.
+	changed changes.Set
 }
 
 // cachedFile is one file's decoded documents and the hash of the bytes
@@ -91,10 +98,12 @@ func (d *Dir) Path() string { return d.path }
 func (d *Dir) Changes() <-chan struct{} { return d.changes }
 
 // Snapshot implements Source.
-func (d *Dir) Snapshot() (Objects, error) {
+func (d *Dir) Snapshot() (Objects, changes.Set, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.objs, d.readErr
+	ch := d.changed
+	d.changed = changes.None()
+	return d.objs, ch, d.readErr
 }
 
 // Resync implements Source: it reads the directory now.
@@ -222,6 +231,7 @@ func (d *Dir) read() error {
 			parts[i].items = cache[parts[i].name].items
 		}
 	}
+	decodedBefore := d.decoded
 	d.decoded = cache
 	var digest [sha256.Size]byte
 	copy(digest[:], h.Sum(nil))
@@ -231,21 +241,28 @@ func (d *Dir) read() error {
 	changed := !bytes.Equal(digest[:], d.digest[:])
 	d.mu.Unlock()
 	var objs Objects
+	var origins map[objectID]origin
 	if changed {
 		m := newMerger(countObjects(cache))
 		for _, p := range parts {
 			if p.unreadable != nil {
 				m.problem(*p.unreadable)
 			}
-			m.add(p.items)
+			m.add(p.name, cache[p.name].sum, p.items)
 		}
-		objs = m.objs
+		objs, origins = m.objs, m.origins
 	}
 
 	d.mu.Lock()
 	d.readErr = nil
+	if hadError {
+		// Nothing changed while the read failed, as far as is known; but
+		// that is not far enough.
+		d.changed.MarkUnknown()
+	}
 	if changed {
-		d.objs, d.digest = objs, digest
+		recordChanges(d.origins, origins, decodedBefore, cache, &d.changed)
+		d.objs, d.digest, d.origins = objs, digest, origins
 	}
 	problems := d.objs.Problems
 	d.mu.Unlock()

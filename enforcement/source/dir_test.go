@@ -2,14 +2,20 @@ package source
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podwall/podwall/enforcement/changes"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -58,7 +64,7 @@ func TestDirReadsMultiDocumentYAML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := d.Snapshot()
+	objs, _, err := d.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +127,7 @@ metadata: {name: good, namespace: x}
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, _ := d.Snapshot()
+	objs, _, _ := d.Snapshot()
 	if len(objs.Pods) != 1 || objs.Pods[0].Name != "good" {
 		t.Errorf("pods: %+v", objs.Pods)
 	}
@@ -169,7 +175,7 @@ func TestDirResyncSeesAFileWrittenJustBefore(t *testing.T) {
 		if err := d.Resync(ctx); err != nil {
 			t.Fatal(err)
 		}
-		objs, err := d.Snapshot()
+		objs, _, err := d.Snapshot()
 		if err != nil || len(objs.Namespaces) != 1 || objs.Namespaces[0].Name != "n-"+strconv.Itoa(i) {
 			t.Fatalf("after writing %s #%d: %+v, %v", name, i, objs.Namespaces, err)
 		}
@@ -207,12 +213,12 @@ func waitFor(t *testing.T, d *Dir, ok func(Objects) bool) {
 	for {
 		select {
 		case <-d.Changes():
-			objs, _ := d.Snapshot()
+			objs, _, _ := d.Snapshot()
 			if ok(objs) {
 				return
 			}
 		case <-deadline:
-			objs, _ := d.Snapshot()
+			objs, _, _ := d.Snapshot()
 			t.Fatalf("no matching change; snapshot %+v", objs)
 		}
 	}
@@ -235,7 +241,7 @@ func TestDirUnreadableKeepsLastGoodObjects(t *testing.T) {
 	if err := d.Resync(context.Background()); err == nil {
 		t.Fatal("Resync of a missing dir succeeded")
 	}
-	objs, err := d.Snapshot()
+	objs, _, err := d.Snapshot()
 	if err == nil || len(objs.Namespaces) != 1 {
 		t.Errorf("snapshot after failure: %+v, %v", objs.Namespaces, err)
 	}
@@ -306,8 +312,8 @@ func TestDirCachedReadsMatchFreshReads(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _ := cached.Snapshot()
-		want, _ := fresh.Snapshot()
+		got, _, _ := cached.Snapshot()
+		want, _, _ := fresh.Snapshot()
 		if !reflect.DeepEqual(summary(got), summary(want)) {
 			t.Fatalf("step %d (%s): cached read differs from a fresh one:\n got %v\nwant %v", i, s.file, summary(got), summary(want))
 		}
@@ -332,36 +338,93 @@ func summary(o Objects) []string {
 	return out
 }
 
-// Every object read from the dir carries a resourceVersion that is a hash
-// of its document, whatever the manifest says: it changes exactly when the
-// content does (the compiler's cache relies on it).
-func TestDirStampsContentVersions(t *testing.T) {
-	dir := t.TempDir()
-	pol := func(port string) string {
-		return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, resourceVersion: \"7\"}\nspec: {podSelector: {}, ingress: [{ports: [{port: " + port + "}]}]}\n"
+// The dir reports the objects that changed since the last Snapshot: all
+// of them unknown at first and after a failed read, then exactly those
+// whose documents changed.
+func TestDirReportsWhatChanged(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "policies")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
 	}
-	write(t, dir, "a.yaml", pol("80")+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: x}\n")
+	pol := func(port string) string {
+		return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: " + port + "}]}]}\n---\n"
+	}
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: x}\n---\n"
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"
+	write(t, dir, "a.yaml", pol("80")+pod)
+	write(t, dir, "b.yaml", ns)
 	d, err := NewDir(dir, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, _ := d.Snapshot()
-	if len(first.Policies) != 1 || len(first.Pods) != 1 {
-		t.Fatalf("snapshot %+v", first)
+	snapshot := func(want string) {
+		t.Helper()
+		_, ch, err := d.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := describeChanges(ch); got != want {
+			t.Errorf("changes %s, want %s", got, want)
+		}
 	}
-	v1, pv1 := first.Policies[0].ResourceVersion, first.Pods[0].ResourceVersion
-	if v1 == "7" || v1 == "" || pv1 == "" {
-		t.Fatalf("resourceVersions %q and %q, want content hashes", v1, pv1)
+	resync := func() {
+		t.Helper()
+		if err := d.Resync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	}
-	write(t, dir, "a.yaml", pol("81")+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: x}\n")
-	if err := d.Resync(context.Background()); err != nil {
+	snapshot("unknown")
+	snapshot("none")
+	write(t, dir, "a.yaml", pol("81")+pod)
+	resync()
+	snapshot("policies [x/p]")
+	write(t, dir, "a.yaml", pod)
+	write(t, dir, "b.yaml", ns+"  labels: {team: a}\n")
+	resync()
+	resync() // nothing more: the changes of both reads are reported
+	snapshot("namespaces [x] policies [x/p]")
+	write(t, dir, "0.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: x, labels: {app: other}}\n")
+	resync()
+	snapshot("pods [x/web]") // 0.yaml's comes first and counts now
+
+	if err := os.Rename(dir, dir+".gone"); err != nil {
 		t.Fatal(err)
 	}
-	second, _ := d.Snapshot()
-	if second.Policies[0].ResourceVersion == v1 {
-		t.Error("policy changed, resourceVersion did not")
+	if err := d.Resync(context.Background()); err == nil {
+		t.Fatal("Resync of a missing dir succeeded")
 	}
-	if second.Pods[0].ResourceVersion != pv1 {
-		t.Error("pod unchanged, resourceVersion changed")
+	if err := os.Rename(dir+".gone", dir); err != nil {
+		t.Fatal(err)
 	}
+	resync()
+	snapshot("unknown")
+}
+
+// describeChanges renders a change set, its names sorted.
+func describeChanges(ch changes.Set) string {
+	if ch.Unknown() {
+		return "unknown"
+	}
+	var parts []string
+	if names := slices.Sorted(maps.Keys(ch.Namespaces())); len(names) > 0 {
+		parts = append(parts, fmt.Sprintf("namespaces %v", names))
+	}
+	for _, kind := range []struct {
+		name string
+		refs map[ruleset.Ref]struct{}
+	}{{"pods", ch.Pods()}, {"policies", ch.Policies()}} {
+		var refs []string
+		for ref := range kind.refs {
+			refs = append(refs, ref.String())
+		}
+		slices.Sort(refs)
+		if len(refs) > 0 {
+			parts = append(parts, fmt.Sprintf("%s %v", kind.name, refs))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, " ")
 }

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 // DefaultResyncTimeout bounds one Kube.Resync when its context has no
@@ -49,9 +51,12 @@ type Kube struct {
 
 	mu sync.Mutex
 	// snap is the last snapshot built; dirty says the caches or the
-	// overlay changed since.
-	snap  Objects
-	dirty bool
+	// overlay changed since. pending names the objects that changed since
+	// the last Snapshot: unknown until the first one after the caches
+	// synced, and after a watch failed (the informer relists).
+	snap    Objects
+	dirty   bool
+	pending changes.Set
 	// overlay holds pods fetched directly from the API server because the
 	// plugin attached them before the informer saw them (watch lag).
 	overlay map[string]*corev1.Pod
@@ -99,28 +104,40 @@ func NewKube(client kubernetes.Interface, meta metadata.Interface, node string, 
 	if _, err := k.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			k.forgetOverlay(obj)
-			k.changed()
+			k.changed(obj, (*changes.Set).Pod)
 		},
 		UpdateFunc: func(oldObj, newObj any) {
 			if samePodForCompiler(oldObj, newObj) {
 				return
 			}
-			k.changed()
+			k.changed(newObj, (*changes.Set).Pod)
 		},
 		DeleteFunc: func(obj any) {
 			k.forgetOverlay(obj)
-			k.changed()
+			k.changed(obj, (*changes.Set).Pod)
 		},
 	}); err != nil {
 		return nil, fmt.Errorf("pod informer: %w", err)
 	}
-	for name, inf := range map[string]cache.SharedIndexInformer{"namespace": k.namespaces, "networkpolicy": k.policies} {
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { k.changed() },
-			UpdateFunc: func(o, n any) { k.changedUnlessSameVersion(o, n) },
-			DeleteFunc: func(any) { k.changed() },
+	for _, r := range []struct {
+		name   string
+		inf    cache.SharedIndexInformer
+		same   func(o, n any) bool
+		record func(*changes.Set, string, string)
+	}{
+		{"namespace", k.namespaces, sameNamespaceForCompiler, func(ch *changes.Set, _, name string) { ch.Namespace(name) }},
+		{"networkpolicy", k.policies, samePolicyForCompiler, (*changes.Set).Policy},
+	} {
+		if _, err := r.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) { k.changed(obj, r.record) },
+			UpdateFunc: func(o, n any) {
+				if !r.same(o, n) {
+					k.changed(n, r.record)
+				}
+			},
+			DeleteFunc: func(obj any) { k.changed(obj, r.record) },
 		}); err != nil {
-			return nil, fmt.Errorf("%s informer: %w", name, err)
+			return nil, fmt.Errorf("%s informer: %w", r.name, err)
 		}
 	}
 	for _, inf := range []cache.SharedIndexInformer{k.pods, k.namespaces, k.policies, k.nodes} {
@@ -175,7 +192,7 @@ func (k *Kube) Run(ctx context.Context) error {
 			k.log.Info("kubernetes caches synced", "took", time.Since(start).Round(time.Millisecond),
 				"pods", len(k.pods.GetStore().ListKeys()), "namespaces", len(k.namespaces.GetStore().ListKeys()),
 				"networkPolicies", len(k.policies.GetStore().ListKeys()))
-			k.changed()
+			k.touch()
 			signal(k.nodeChanges)
 		}
 	case <-ctx.Done():
@@ -192,14 +209,18 @@ func (k *Kube) synced() bool {
 
 // Snapshot implements Source. Until every cache has synced it returns
 // ErrNotSynced. The snapshot is rebuilt only after a change.
-func (k *Kube) Snapshot() (Objects, error) {
+func (k *Kube) Snapshot() (Objects, changes.Set, error) {
 	if !k.synced() {
-		return Objects{}, ErrNotSynced
+		return Objects{}, changes.Rebuild(), ErrNotSynced
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	// A change is recorded after the store holds it: taken here, under
+	// the lock, it is in the lists below.
+	ch := k.pending
+	k.pending = changes.None()
 	if !k.dirty {
-		return k.snap, k.healthError()
+		return k.snap, ch, k.healthError()
 	}
 	k.dirty = false
 	nsObjs := k.namespaces.GetStore().List()
@@ -225,12 +246,12 @@ func (k *Kube) Snapshot() (Objects, error) {
 			objs.Pods = append(objs.Pods, *p)
 		}
 	}
-	k.pruneOverlay()
+	k.pruneOverlay(&ch)
 	for _, p := range k.overlay {
 		objs.Pods = append(objs.Pods, *p)
 	}
 	k.snap = objs
-	return objs, k.healthError()
+	return objs, ch, k.healthError()
 }
 
 // Node returns this node's Node object as last seen, or nil.
@@ -246,25 +267,31 @@ func (k *Kube) Node() *corev1.Node {
 // NodeSynced reports whether the Node cache has synced.
 func (k *Kube) NodeSynced() bool { return k.nodes.HasSynced() }
 
-// changed marks the snapshot stale. Changes is signalled only once the
+// changed records that obj (an object or a tombstone) changed, and
+// marks the snapshot stale.
+func (k *Kube) changed(obj any, record func(ch *changes.Set, namespace, name string)) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	ns, name, splitErr := cache.SplitMetaNamespaceKey(key)
+	k.mu.Lock()
+	if err != nil || splitErr != nil {
+		k.pending.MarkUnknown()
+	} else {
+		record(&k.pending, ns, name)
+	}
+	k.mu.Unlock()
+	k.touch()
+}
+
+// touch marks the snapshot stale. Changes is signalled only once the
 // caches have synced (Run signals then): before that the agent could do
 // nothing with it.
-func (k *Kube) changed() {
+func (k *Kube) touch() {
 	k.mu.Lock()
 	k.dirty = true
 	k.mu.Unlock()
 	if k.synced() {
 		signal(k.changes)
 	}
-}
-
-func (k *Kube) changedUnlessSameVersion(oldObj, newObj any) {
-	o, err1 := objectMeta(oldObj)
-	n, err2 := objectMeta(newObj)
-	if err1 == nil && err2 == nil && o.GetResourceVersion() == n.GetResourceVersion() {
-		return
-	}
-	k.changed()
 }
 
 // signal sends on a channel buffered by one without blocking: a burst of

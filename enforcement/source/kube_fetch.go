@@ -9,6 +9,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 // FetchPod implements PodFetcher: when the informer lacks the pod, it GETs
@@ -66,6 +68,7 @@ func (k *Kube) addOverlay(key string, pod *corev1.Pod) {
 		return // the informer caught up meanwhile
 	}
 	k.overlay[key] = pod
+	k.pending.Pod(pod.Namespace, pod.Name)
 	k.dirty = true
 	k.mu.Unlock()
 	signal(k.changes)
@@ -79,14 +82,17 @@ func (k *Kube) forgetOverlay(obj any) {
 		return
 	}
 	k.mu.Lock()
-	delete(k.overlay, key)
+	if p, ok := k.overlay[key]; ok {
+		delete(k.overlay, key)
+		k.pending.Pod(p.Namespace, p.Name)
+	}
 	k.mu.Unlock()
 }
 
 // pruneOverlay drops pods the informer has, and pods the informer has
-// moved past without having them: deleted before it got to them. k.mu is
-// held.
-func (k *Kube) pruneOverlay() {
+// moved past without having them: deleted before it got to them, and
+// records them in ch. k.mu is held.
+func (k *Kube) pruneOverlay(ch *changes.Set) {
 	if len(k.overlay) == 0 {
 		return
 	}
@@ -95,6 +101,7 @@ func (k *Kube) pruneOverlay() {
 		_, ok, err := k.pods.GetStore().GetByKey(key)
 		if (err == nil && ok) || resourceVersionAtLeast(seen, p.ResourceVersion) {
 			delete(k.overlay, key)
+			ch.Pod(p.Namespace, p.Name)
 		}
 	}
 }

@@ -29,6 +29,12 @@ type apiHealth struct {
 // answers again.
 func (k *Kube) watchFailed(ctx context.Context, r *cache.Reflector, err error) {
 	cache.DefaultWatchErrorHandler(ctx, r, err)
+	// The informer lists again: what its events report from then on is
+	// not to be trusted as the only changes.
+	k.mu.Lock()
+	k.pending.MarkUnknown()
+	k.dirty = true
+	k.mu.Unlock()
 	if errors.Is(err, io.EOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 		return // the ordinary end of a watch
 	}

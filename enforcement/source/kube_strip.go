@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -78,6 +79,23 @@ func samePodForCompiler(oldObj, newObj any) bool {
 		slices.EqualFunc(o.Spec.Containers, n.Spec.Containers, func(a, b corev1.Container) bool {
 			return slices.Equal(a.Ports, b.Ports)
 		})
+}
+
+// sameNamespaceForCompiler reports whether an update changed nothing the
+// compiler reads of a Namespace: its labels.
+func sameNamespaceForCompiler(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*corev1.Namespace)
+	n, ok2 := newObj.(*corev1.Namespace)
+	return ok1 && ok2 && o.Name == n.Name && o.UID == n.UID && mapsEqual(o.Labels, n.Labels)
+}
+
+// samePolicyForCompiler reports whether an update changed nothing the
+// compiler reads of a NetworkPolicy: its spec.
+func samePolicyForCompiler(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*networkingv1.NetworkPolicy)
+	n, ok2 := newObj.(*networkingv1.NetworkPolicy)
+	return ok1 && ok2 && o.Namespace == n.Namespace && o.Name == n.Name && o.UID == n.UID &&
+		apiequality.Semantic.DeepEqual(o.Spec, n.Spec)
 }
 
 func mapsEqual(a, b map[string]string) bool {

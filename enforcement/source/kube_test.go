@@ -18,6 +18,8 @@ import (
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 func testPod(ns, name, rv string, labels map[string]string) *corev1.Pod {
@@ -61,7 +63,7 @@ func runKube(t *testing.T, k *Kube) {
 		}
 	})
 	waitKube(t, "the caches synced", func() bool {
-		_, err := k.Snapshot()
+		_, _, err := k.Snapshot()
 		return err == nil
 	})
 }
@@ -78,14 +80,14 @@ func newTestKube(t *testing.T, client *fake.Clientset) (*Kube, *metadatafake.Fak
 
 func TestKubeIsNotSyncedBeforeItsCachesAre(t *testing.T) {
 	k, _ := newTestKube(t, fake.NewClientset(testObjects()...))
-	if _, err := k.Snapshot(); !errors.Is(err, ErrNotSynced) {
+	if _, _, err := k.Snapshot(); !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("Snapshot before Run: %v, want ErrNotSynced", err)
 	}
 	if err := k.Resync(context.Background()); !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("Resync before Run: %v, want ErrNotSynced at once", err)
 	}
 	runKube(t, k)
-	objs, err := k.Snapshot()
+	objs, _, err := k.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,14 +123,14 @@ func TestKubeSignalsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitKube(t, "the new policy in the snapshot", func() bool {
-		objs, _ := k.Snapshot()
+		objs, _, _ := k.Snapshot()
 		return len(objs.Policies) == 2
 	})
 	if err := client.CoreV1().Pods("x").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitKube(t, "the pod gone from the snapshot", func() bool {
-		objs, _ := k.Snapshot()
+		objs, _, _ := k.Snapshot()
 		return len(objs.Pods) == 0
 	})
 }
@@ -185,7 +187,7 @@ func TestFetchPodCoversTheWatchLag(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no change signalled after the fetch")
 	}
-	objs, _ := k.Snapshot()
+	objs, _, _ := k.Snapshot()
 	if len(objs.Pods) != 2 || !hasPod(objs, "y", "late") {
 		t.Fatalf("fetched pod missing from the snapshot: %+v", objs.Pods)
 	}
@@ -204,7 +206,7 @@ func TestFetchPodCoversTheWatchLag(t *testing.T) {
 	informers.ResourceVersion = "21"
 	lagging.Add(informers)
 	waitKube(t, "the informer's copy in the snapshot", func() bool {
-		objs, _ := k.Snapshot()
+		objs, _, _ := k.Snapshot()
 		n := 0
 		for _, p := range objs.Pods {
 			if p.Name == "late" {
@@ -229,13 +231,13 @@ func TestOverlayForgetsAPodDeletedBeforeTheInformerSawIt(t *testing.T) {
 	if err := k.FetchPod(context.Background(), "y", "brief"); err != nil {
 		t.Fatal(err)
 	}
-	if objs, _ := k.Snapshot(); !hasPod(objs, "y", "brief") {
+	if objs, _, _ := k.Snapshot(); !hasPod(objs, "y", "brief") {
 		t.Fatal("fetched pod missing")
 	}
 	// The informer moves past the pod's version without ever having it.
 	lagging.Add(testPod("z", "later", "30", nil))
 	waitKube(t, "the deleted pod gone from the snapshot", func() bool {
-		objs, _ := k.Snapshot()
+		objs, _, _ := k.Snapshot()
 		return hasPod(objs, "z", "later") && !hasPod(objs, "y", "brief")
 	})
 }
@@ -281,7 +283,7 @@ func TestResyncWaitsUntilTheCacheHoldsWhatTheAPIServerListed(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Resync once the informer has the pod: %v", err)
 	}
-	if objs, _ := k.Snapshot(); !hasPod(objs, "x", "b") {
+	if objs, _, _ := k.Snapshot(); !hasPod(objs, "x", "b") {
 		t.Error("Resync returned before the snapshot had the pod")
 	}
 
@@ -293,7 +295,7 @@ func TestResyncWaitsUntilTheCacheHoldsWhatTheAPIServerListed(t *testing.T) {
 		t.Errorf("Resync with the API server down: %v", err)
 	}
 	// The last state seen stays, and the outage is reported with it.
-	if objs, err := k.Snapshot(); err == nil || !strings.Contains(err.Error(), "unreachable since") || len(objs.Pods) != 2 {
+	if objs, _, err := k.Snapshot(); err == nil || !strings.Contains(err.Error(), "unreachable since") || len(objs.Pods) != 2 {
 		t.Errorf("snapshot with the API server down: %d pods, %v", len(objs.Pods), err)
 	}
 }
@@ -412,7 +414,7 @@ func TestKubeReportsAnUnreachableAPIServerUntilItAnswers(t *testing.T) {
 
 	// The ordinary end of a watch is no failure.
 	k.watchFailed(context.Background(), r, io.EOF)
-	if _, err := k.Snapshot(); err != nil {
+	if _, _, err := k.Snapshot(); err != nil {
 		t.Fatalf("after a watch's normal end: %v", err)
 	}
 
@@ -422,7 +424,7 @@ func TestKubeReportsAnUnreachableAPIServerUntilItAnswers(t *testing.T) {
 	default:
 		t.Fatal("a watch failure is not signalled")
 	}
-	objs, err := k.Snapshot()
+	objs, _, err := k.Snapshot()
 	if err == nil || !strings.Contains(err.Error(), "unreachable since") || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Snapshot with the watch failing: %v", err)
 	}
@@ -432,7 +434,76 @@ func TestKubeReportsAnUnreachableAPIServerUntilItAnswers(t *testing.T) {
 	if err := k.Resync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := k.Snapshot(); err != nil {
+	if _, _, err := k.Snapshot(); err != nil {
 		t.Errorf("after the API server answered: %v", err)
+	}
+}
+
+// The source reports the objects that changed since the last Snapshot, as
+// its informers report them: an update that changes nothing the compiler
+// reads is not a change; a failed watch makes the changes unknown.
+func TestKubeReportsWhatChanged(t *testing.T) {
+	client := fake.NewClientset(testObjects()...)
+	k, _ := newTestKube(t, client)
+	runKube(t, k) // takes the first, unknown, changes
+	ctx := context.Background()
+	seen := changes.None()
+	until := func(what string, cond func(Objects) bool) string {
+		t.Helper()
+		waitKube(t, what, func() bool {
+			objs, ch, _ := k.Snapshot()
+			seen.Merge(ch)
+			return cond(objs)
+		})
+		got := describeChanges(seen)
+		seen = changes.None()
+		return got
+	}
+	if _, ch, _ := k.Snapshot(); describeChanges(ch) != "none" {
+		t.Errorf("nothing happened, yet %s", describeChanges(ch))
+	}
+
+	// An annotation of p, then a new policy q, which its informer sees
+	// after.
+	p, err := client.NetworkingV1().NetworkPolicies("x").Get(ctx, "p", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Annotations = map[string]string{"note": "changed"}
+	p.ResourceVersion = "30"
+	if _, err := client.NetworkingV1().NetworkPolicies("x").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	q := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "q"}}
+	if _, err := client.NetworkingV1().NetworkPolicies("x").Create(ctx, q, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := until("q", func(o Objects) bool { return len(o.Policies) == 2 }); got != "policies [x/q]" {
+		t.Errorf("after an annotation of p and q created: %s", got)
+	}
+
+	ns, err := client.CoreV1().Namespaces().Get(ctx, "x", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Labels = map[string]string{"team": "b"}
+	if _, err := client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := until("x relabelled", func(o Objects) bool { return o.Namespaces[0].Labels["team"] == "b" }); got != "namespaces [x]" {
+		t.Errorf("after x relabelled: %s", got)
+	}
+
+	if err := client.CoreV1().Pods("x").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := until("a deleted", func(o Objects) bool { return len(o.Pods) == 0 }); got != "pods [x/a]" {
+		t.Errorf("after a deleted: %s", got)
+	}
+
+	r := cache.NewReflector(&cache.ListWatch{}, &corev1.Pod{}, cache.NewStore(cache.MetaNamespaceKeyFunc), 0)
+	k.watchFailed(ctx, r, errors.New("connection reset"))
+	if _, ch, _ := k.Snapshot(); !ch.Unknown() {
+		t.Errorf("after a failed watch: %s, want unknown", describeChanges(ch))
 	}
 }

@@ -1,8 +1,10 @@
 // Package source provides the cluster objects the agent enforces: the
-// Namespaces, Pods and NetworkPolicies that the policy compiler reads. Every
-// origin (a directory of manifests now, Kubernetes informers later) sits
-// behind the Source interface, so the agent does not care where they come
-// from.
+// Namespaces, Pods and NetworkPolicies that the policy compiler reads. Both
+// origins (a directory of manifests, Dir, and a Kubernetes API server's
+// informers, Kube) sit behind the Source interface, so the agent does not
+// care where they come from. Each also tracks which objects changed
+// between snapshots, so that the compiler derives anew only what they
+// touch.
 package source
 
 import (
@@ -12,6 +14,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/podwall/podwall/enforcement/changes"
 )
 
 // Source is a changing set of cluster objects.
@@ -19,13 +23,17 @@ type Source interface {
 	// Run watches the origin until ctx ends, signalling Changes whenever
 	// what Snapshot returns may have changed.
 	Run(ctx context.Context) error
-	// Snapshot returns the objects as last read. Its error reports that the
-	// last read failed; the objects are then those of the last good read,
-	// so that a transient failure never drops enforcement to nothing. Until
-	// a first complete read it returns ErrNotSynced, and the agent applies
+	// Snapshot returns the objects as last read, and the names of those
+	// that changed since the previous Snapshot: a Source hands each change
+	// out once, so it has one consumer (the agent). The changes are
+	// unknown at the first Snapshot and whenever the source is in doubt (a
+	// read after a failed one, a relist). Its error reports that the last
+	// read failed; the objects are then those of the last good read, so
+	// that a transient failure never drops enforcement to nothing. Until a
+	// first complete read it returns ErrNotSynced, and the agent applies
 	// nothing: enforcing a partial view could open or close pods that the
 	// full one treats otherwise.
-	Snapshot() (Objects, error)
+	Snapshot() (Objects, changes.Set, error)
 	// Changes receives a value after the objects changed. It is buffered
 	// by one: a burst of changes is one notification.
 	Changes() <-chan struct{}

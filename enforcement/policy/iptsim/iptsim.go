@@ -1,4 +1,4 @@
-// Package iptsim interprets a policy.Desired the way iptables and ipset
+// Package iptsim interprets a ruleset.Desired the way iptables and ipset
 // would judge a packet, without a kernel. It is deliberately written apart
 // from the compiler: it reads only the rule argument lists and the set
 // members, exactly as iptables-restore and ipset restore would receive
@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -37,7 +38,7 @@ func (p Packet) String() string {
 type Hop struct {
 	// Evaluated is false when the pod at that end is not local.
 	Evaluated bool
-	Pod       policy.Ref
+	Pod       ruleset.Ref
 	Chain     string
 	Allowed   bool
 	// Rule is the index of the rule that decided, or -1 when the packet
@@ -68,21 +69,21 @@ type Verdict struct {
 type Simulator struct {
 	sets   map[string]*set
 	chains map[chainID][]rule
-	byAddr map[netip.Addr]policy.LocalPod
+	byAddr map[netip.Addr]ruleset.LocalPod
 }
 
 type chainID struct {
-	family policy.Family
+	family ruleset.Family
 	name   string
 }
 
 // New parses every set and every rule of d, and fails on anything that
 // iptables or ipset would reject or that this simulator cannot interpret.
-func New(d *policy.Desired) (*Simulator, error) {
+func New(d *ruleset.Desired) (*Simulator, error) {
 	s := &Simulator{
 		sets:   map[string]*set{},
 		chains: map[chainID][]rule{},
-		byAddr: map[netip.Addr]policy.LocalPod{},
+		byAddr: map[netip.Addr]ruleset.LocalPod{},
 	}
 	for _, is := range d.Sets {
 		if _, dup := s.sets[is.Name]; dup {
@@ -147,10 +148,10 @@ func (s *Simulator) Evaluate(p Packet) (Verdict, error) {
 	return v, nil
 }
 
-func (s *Simulator) run(lp policy.LocalPod, chain string, p Packet) (Hop, error) {
-	f := policy.IPv4
+func (s *Simulator) run(lp ruleset.LocalPod, chain string, p Packet) (Hop, error) {
+	f := ruleset.IPv4
 	if p.Src.Is6() {
-		f = policy.IPv6
+		f = ruleset.IPv6
 	}
 	rules, ok := s.chains[chainID{f, chain}]
 	if !ok {
@@ -211,7 +212,7 @@ func (r *rule) matches(p Packet) bool {
 	return true
 }
 
-func (s *Simulator) parseRule(f policy.Family, args policy.Rule) (rule, error) {
+func (s *Simulator) parseRule(f ruleset.Family, args ruleset.Rule) (rule, error) {
 	var r rule
 	next := func(i *int, what string) (string, error) {
 		*i++
@@ -278,7 +279,7 @@ func (s *Simulator) parseRule(f policy.Family, args policy.Rule) (rule, error) {
 					if x != "src" && x != "dst" {
 						return rule{}, fmt.Errorf("bad direction flag %q", x)
 					}
-					if set.typ == policy.SetHashIPPort && j == 1 && x != "dst" {
+					if set.typ == ruleset.SetHashIPPort && j == 1 && x != "dst" {
 						return rule{}, errors.New("only destination ports are known to the simulator")
 					}
 				}

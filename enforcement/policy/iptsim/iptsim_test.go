@@ -5,23 +5,23 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 	corev1 "k8s.io/api/core/v1"
 )
 
-func desired(sets []policy.IPSet, rules ...policy.Rule) *policy.Desired {
-	return &policy.Desired{
+func desired(sets []ruleset.IPSet, rules ...ruleset.Rule) *ruleset.Desired {
+	return &ruleset.Desired{
 		Sets:   sets,
-		Chains: []policy.Chain{{Family: policy.IPv4, Name: "PODWALL-IN-K", Direction: policy.Ingress, Rules: rules}},
-		Pods: []policy.LocalPod{{
-			Pod: policy.Ref{Namespace: "ns", Name: "p"}, Key: "K",
+		Chains: []ruleset.Chain{{Family: ruleset.IPv4, Name: "PODWALL-IN-K", Direction: ruleset.Ingress, Rules: rules}},
+		Pods: []ruleset.LocalPod{{
+			Pod: ruleset.Ref{Namespace: "ns", Name: "p"}, Key: "K",
 			IPs:          []netip.Addr{netip.MustParseAddr("10.0.0.1")},
 			IngressChain: "PODWALL-IN-K", EgressChain: "PODWALL-OUT-K",
 		}},
 	}
 }
 
-func ingress(t *testing.T, d *policy.Desired, src string, proto corev1.Protocol, port uint16) Hop {
+func ingress(t *testing.T, d *ruleset.Desired, src string, proto corev1.Protocol, port uint16) Hop {
 	t.Helper()
 	s, err := New(d)
 	if err != nil {
@@ -38,12 +38,12 @@ func ingress(t *testing.T, d *policy.Desired, src string, proto corev1.Protocol,
 }
 
 func TestHashNetLongestPrefixAndNomatch(t *testing.T) {
-	d := desired([]policy.IPSet{{
-		Name: "PODWALL-CIDR4-X", Family: policy.IPv4, Type: policy.SetHashNet,
+	d := desired([]ruleset.IPSet{{
+		Name: "PODWALL-CIDR4-X", Family: ruleset.IPv4, Type: ruleset.SetHashNet,
 		Members: []string{"10.0.0.0/8", "10.1.0.0/16 nomatch", "10.1.2.0/24", "10.1.2.3 nomatch"},
 	}},
-		policy.Rule{"-m", "set", "--match-set", "PODWALL-CIDR4-X", "src", "-j", "RETURN"},
-		policy.Rule{"-j", "DROP"},
+		ruleset.Rule{"-m", "set", "--match-set", "PODWALL-CIDR4-X", "src", "-j", "RETURN"},
+		ruleset.Rule{"-j", "DROP"},
 	)
 	for src, want := range map[string]bool{
 		"10.9.9.9": true,  // /8
@@ -59,12 +59,12 @@ func TestHashNetLongestPrefixAndNomatch(t *testing.T) {
 }
 
 func TestHashIPPortMatchesProtocolAndPort(t *testing.T) {
-	d := desired([]policy.IPSet{{
-		Name: "PODWALL-PORT4-X", Family: policy.IPv4, Type: policy.SetHashIPPort,
+	d := desired([]ruleset.IPSet{{
+		Name: "PODWALL-PORT4-X", Family: ruleset.IPv4, Type: ruleset.SetHashIPPort,
 		Members: []string{"10.0.0.1,tcp:80", "10.0.0.1,sctp:81"},
 	}},
-		policy.Rule{"-m", "set", "--match-set", "PODWALL-PORT4-X", "dst,dst", "-j", "RETURN"},
-		policy.Rule{"-j", "DROP"},
+		ruleset.Rule{"-m", "set", "--match-set", "PODWALL-PORT4-X", "dst,dst", "-j", "RETURN"},
+		ruleset.Rule{"-j", "DROP"},
 	)
 	cases := []struct {
 		proto corev1.Protocol
@@ -85,10 +85,10 @@ func TestHashIPPortMatchesProtocolAndPort(t *testing.T) {
 
 func TestPortsMultiportAndTargets(t *testing.T) {
 	d := desired(nil,
-		policy.Rule{"-m", "comment", "--comment", "counts only"},
-		policy.Rule{"-p", "udp", "-m", "multiport", "--dports", "53,100:200", "-j", "RETURN"},
-		policy.Rule{"-p", "tcp", "-m", "tcp", "--dport", "443", "-j", "DROP"},
-		policy.Rule{"-p", "tcp", "-j", "RETURN"},
+		ruleset.Rule{"-m", "comment", "--comment", "counts only"},
+		ruleset.Rule{"-p", "udp", "-m", "multiport", "--dports", "53,100:200", "-j", "RETURN"},
+		ruleset.Rule{"-p", "tcp", "-m", "tcp", "--dport", "443", "-j", "DROP"},
+		ruleset.Rule{"-p", "tcp", "-j", "RETURN"},
 	)
 	check := func(proto corev1.Protocol, port uint16, allowed bool, rule int) {
 		t.Helper()
@@ -105,31 +105,31 @@ func TestPortsMultiportAndTargets(t *testing.T) {
 }
 
 func TestRejectsWhatTheKernelWouldNotTake(t *testing.T) {
-	v4set := func(typ policy.SetType, members ...string) []policy.IPSet {
-		return []policy.IPSet{{Name: "PODWALL-S", Family: policy.IPv4, Type: typ, Members: members}}
+	v4set := func(typ ruleset.SetType, members ...string) []ruleset.IPSet {
+		return []ruleset.IPSet{{Name: "PODWALL-S", Family: ruleset.IPv4, Type: typ, Members: members}}
 	}
 	cases := []struct {
 		name string
-		sets []policy.IPSet
-		rule policy.Rule
+		sets []ruleset.IPSet
+		rule ruleset.Rule
 		want string
 	}{
-		{"hash:net /0", v4set(policy.SetHashNet, "0.0.0.0/0"), nil, "/0"},
-		{"host bits", v4set(policy.SetHashNet, "10.0.0.1/8"), nil, "host bits"},
-		{"same element twice", v4set(policy.SetHashNet, "10.0.0.0/8", "10.0.0.0/8 nomatch"), nil, "already"},
-		{"IPv6 member in an IPv4 set", v4set(policy.SetHashIP, "fd00::1"), nil, "does not belong"},
-		{"unknown set", nil, policy.Rule{"-m", "set", "--match-set", "NOPE", "src"}, "does not exist"},
-		{"set of the other family", []policy.IPSet{{Name: "PODWALL-S", Family: policy.IPv6, Type: policy.SetHashIP}},
-			policy.Rule{"-m", "set", "--match-set", "PODWALL-S", "src"}, "is IPv6"},
-		{"wrong dimension", v4set(policy.SetHashIPPort), policy.Rule{"-m", "set", "--match-set", "PODWALL-S", "dst"}, "direction flags"},
-		{"port match without protocol", nil, policy.Rule{"-m", "tcp", "--dport", "80"}, "needs -p tcp"},
-		{"too many multiport slots", nil, policy.Rule{"-p", "tcp", "-m", "multiport", "--dports", "1:2,3:4,5:6,7:8,9:10,11:12,13:14,15:16"}, "more than 15"},
-		{"ACCEPT would skip the peer's chain", nil, policy.Rule{"-j", "ACCEPT"}, "may only"},
-		{"unknown argument", nil, policy.Rule{"-s", "10.0.0.0/8"}, "unsupported argument"},
-		{"comment with a quote", nil, policy.Rule{"-m", "comment", "--comment", `say "hi"`}, "unquotable"},
+		{"hash:net /0", v4set(ruleset.SetHashNet, "0.0.0.0/0"), nil, "/0"},
+		{"host bits", v4set(ruleset.SetHashNet, "10.0.0.1/8"), nil, "host bits"},
+		{"same element twice", v4set(ruleset.SetHashNet, "10.0.0.0/8", "10.0.0.0/8 nomatch"), nil, "already"},
+		{"IPv6 member in an IPv4 set", v4set(ruleset.SetHashIP, "fd00::1"), nil, "does not belong"},
+		{"unknown set", nil, ruleset.Rule{"-m", "set", "--match-set", "NOPE", "src"}, "does not exist"},
+		{"set of the other family", []ruleset.IPSet{{Name: "PODWALL-S", Family: ruleset.IPv6, Type: ruleset.SetHashIP}},
+			ruleset.Rule{"-m", "set", "--match-set", "PODWALL-S", "src"}, "is IPv6"},
+		{"wrong dimension", v4set(ruleset.SetHashIPPort), ruleset.Rule{"-m", "set", "--match-set", "PODWALL-S", "dst"}, "direction flags"},
+		{"port match without protocol", nil, ruleset.Rule{"-m", "tcp", "--dport", "80"}, "needs -p tcp"},
+		{"too many multiport slots", nil, ruleset.Rule{"-p", "tcp", "-m", "multiport", "--dports", "1:2,3:4,5:6,7:8,9:10,11:12,13:14,15:16"}, "more than 15"},
+		{"ACCEPT would skip the peer's chain", nil, ruleset.Rule{"-j", "ACCEPT"}, "may only"},
+		{"unknown argument", nil, ruleset.Rule{"-s", "10.0.0.0/8"}, "unsupported argument"},
+		{"comment with a quote", nil, ruleset.Rule{"-m", "comment", "--comment", `say "hi"`}, "unquotable"},
 	}
 	for _, c := range cases {
-		var rules []policy.Rule
+		var rules []ruleset.Rule
 		if c.rule != nil {
 			rules = append(rules, c.rule)
 		}
@@ -142,16 +142,16 @@ func TestRejectsWhatTheKernelWouldNotTake(t *testing.T) {
 
 func TestBothHopsBetweenLocalPods(t *testing.T) {
 	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	d := &policy.Desired{
-		Chains: []policy.Chain{
-			{Family: policy.IPv4, Name: "PODWALL-OUT-A", Rules: []policy.Rule{{"-j", "RETURN"}}},
-			{Family: policy.IPv4, Name: "PODWALL-IN-A", Rules: []policy.Rule{{"-j", "DROP"}}},
-			{Family: policy.IPv4, Name: "PODWALL-OUT-B", Rules: []policy.Rule{{"-j", "DROP"}}},
-			{Family: policy.IPv4, Name: "PODWALL-IN-B", Rules: []policy.Rule{{"-j", "RETURN"}}},
+	d := &ruleset.Desired{
+		Chains: []ruleset.Chain{
+			{Family: ruleset.IPv4, Name: "PODWALL-OUT-A", Rules: []ruleset.Rule{{"-j", "RETURN"}}},
+			{Family: ruleset.IPv4, Name: "PODWALL-IN-A", Rules: []ruleset.Rule{{"-j", "DROP"}}},
+			{Family: ruleset.IPv4, Name: "PODWALL-OUT-B", Rules: []ruleset.Rule{{"-j", "DROP"}}},
+			{Family: ruleset.IPv4, Name: "PODWALL-IN-B", Rules: []ruleset.Rule{{"-j", "RETURN"}}},
 		},
-		Pods: []policy.LocalPod{
-			{Pod: policy.Ref{Namespace: "n", Name: "a"}, IPs: []netip.Addr{a}, IngressChain: "PODWALL-IN-A", EgressChain: "PODWALL-OUT-A"},
-			{Pod: policy.Ref{Namespace: "n", Name: "b"}, IPs: []netip.Addr{b}, IngressChain: "PODWALL-IN-B", EgressChain: "PODWALL-OUT-B"},
+		Pods: []ruleset.LocalPod{
+			{Pod: ruleset.Ref{Namespace: "n", Name: "a"}, IPs: []netip.Addr{a}, IngressChain: "PODWALL-IN-A", EgressChain: "PODWALL-OUT-A"},
+			{Pod: ruleset.Ref{Namespace: "n", Name: "b"}, IPs: []netip.Addr{b}, IngressChain: "PODWALL-IN-B", EgressChain: "PODWALL-OUT-B"},
 		},
 	}
 	s, err := New(d)

@@ -7,14 +7,14 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podwall/podwall/enforcement/policy"
+	"github.com/podwall/podwall/enforcement/ruleset"
 )
 
 // set is a parsed ipset.
 type set struct {
 	name   string
-	family policy.Family
-	typ    policy.SetType
+	family ruleset.Family
+	typ    ruleset.SetType
 	ips    map[netip.Addr]bool
 	nets   map[netip.Prefix]bool // prefix -> nomatch
 	bits   []int                 // prefix lengths present, longest first
@@ -28,28 +28,28 @@ type ipPort struct {
 }
 
 func (s *set) dimension() int {
-	if s.typ == policy.SetHashIPPort {
+	if s.typ == ruleset.SetHashIPPort {
 		return 2
 	}
 	return 1
 }
 
-func parseSet(is policy.IPSet) (*set, error) {
+func parseSet(is ruleset.IPSet) (*set, error) {
 	if len(is.Name) > 31 {
 		return nil, errors.New("name longer than 31 characters")
 	}
-	if is.Family != policy.IPv4 && is.Family != policy.IPv6 {
+	if is.Family != ruleset.IPv4 && is.Family != ruleset.IPv6 {
 		return nil, fmt.Errorf("unknown family %q", is.Family)
 	}
 	s := &set{name: is.Name, family: is.Family, typ: is.Type}
 	famOK := func(a netip.Addr) error {
-		if a.Is4() != (is.Family == policy.IPv4) || a.Zone() != "" {
+		if a.Is4() != (is.Family == ruleset.IPv4) || a.Zone() != "" {
 			return fmt.Errorf("address %s does not belong in a %s set", a, is.Family)
 		}
 		return nil
 	}
 	switch is.Type {
-	case policy.SetHashIP:
+	case ruleset.SetHashIP:
 		s.ips = map[netip.Addr]bool{}
 		for _, m := range is.Members {
 			a, err := netip.ParseAddr(m)
@@ -64,7 +64,7 @@ func parseSet(is policy.IPSet) (*set, error) {
 			}
 			s.ips[a] = true
 		}
-	case policy.SetHashNet:
+	case ruleset.SetHashNet:
 		s.nets = map[netip.Prefix]bool{}
 		seenBits := map[int]bool{}
 		for _, m := range is.Members {
@@ -101,7 +101,7 @@ func parseSet(is policy.IPSet) (*set, error) {
 		}
 		// longest prefix first, as the kernel walks them
 		slices.SortFunc(s.bits, func(a, b int) int { return b - a })
-	case policy.SetHashIPPort:
+	case ruleset.SetHashIPPort:
 		s.ports = map[ipPort]bool{}
 		for _, m := range is.Members {
 			addrText, pp, ok := strings.Cut(m, ",")
@@ -145,13 +145,13 @@ func (s *set) matches(p Packet, flags []string) bool {
 	if flags[0] == "dst" {
 		addr = p.Dst
 	}
-	if addr.Is4() != (s.family == policy.IPv4) {
+	if addr.Is4() != (s.family == ruleset.IPv4) {
 		return false
 	}
 	switch s.typ {
-	case policy.SetHashIP:
+	case ruleset.SetHashIP:
 		return s.ips[addr]
-	case policy.SetHashNet:
+	case ruleset.SetHashNet:
 		// The most specific prefix that contains the address decides; a
 		// nomatch element there means no match.
 		for _, b := range s.bits {
@@ -161,7 +161,7 @@ func (s *set) matches(p Packet, flags []string) bool {
 			}
 		}
 		return false
-	case policy.SetHashIPPort:
+	case ruleset.SetHashIPPort:
 		return s.ports[ipPort{addr, strings.ToLower(string(p.Protocol)), p.DstPort}]
 	}
 	return false
