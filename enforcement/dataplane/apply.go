@@ -86,12 +86,26 @@ func (d *Dataplane) Apply(ctx context.Context, t Target) (ApplyStats, error) {
 // families side by side, then the sets that must change after, and the
 // sets no rule uses any more.
 func (d *Dataplane) execute(ctx context.Context, p *applyPlan, tm *applyTimings) error {
+	if p.sweep {
+		// Before the epoch rules name a new epoch, no connection may
+		// carry it from an earlier use: none is then skipped unjudged.
+		if err := d.clearEpochs(nil); err != nil {
+			return err
+		}
+	}
 	if err := d.ipsetRestore(ctx, p.setsBefore); err != nil {
 		return err
 	}
 	tm.mark(&tm.setsBefore)
 	if err := firstError(d.restoreFamilies(ctx, p.scripts)); err != nil {
 		return fmt.Errorf("writing podwall's chains: %w", err)
+	}
+	if p.sweep {
+		// Connections judged meanwhile carry the epoch the old rules
+		// named, which a later epoch may reuse.
+		if err := d.clearEpochs(p.next); err != nil {
+			return err
+		}
 	}
 	tm.mark(&tm.chains)
 	if err := d.ipsetRestore(ctx, p.setsAfter); err != nil {
@@ -101,6 +115,27 @@ func (d *Dataplane) execute(ctx context.Context, p *applyPlan, tm *applyTimings)
 		return err
 	}
 	tm.mark(&tm.setsAfter)
+	return nil
+}
+
+// clearEpochs clears the policy epoch of every connection of both
+// families, but for the epoch that keep's tables name (nil: none kept). A
+// failure fails the Apply: without the sweep, a connection judged under
+// an old policy could pass unjudged.
+func (d *Dataplane) clearEpochs(keep *kernelState) error {
+	for _, f := range ruleset.Families() {
+		var epoch uint32
+		if keep != nil && keep.tables[f] != nil {
+			epoch = keep.tables[f].epoch
+		}
+		n, err := d.flows.clearEpochs(f, epoch)
+		if err != nil {
+			return fmt.Errorf("sweeping conntrack before a new policy epoch: %w", err)
+		}
+		if n > 0 {
+			d.log.Debug("connections to be judged again", "family", f, "connections", n)
+		}
+	}
 	return nil
 }
 

@@ -26,6 +26,7 @@ type Dataplane struct {
 	lockPath    string
 	runner      Runner
 	backend     backend
+	flows       flowTable
 	maxStateAge time.Duration
 
 	// stateMu guards state, Apply's memory of the kernel (nil: read it).
@@ -63,7 +64,8 @@ func newDataplane(cfg Config, log *slog.Logger, r Runner, b backend) *Dataplane 
 	if maxAge <= 0 {
 		maxAge = DefaultMaxStateAge
 	}
-	return &Dataplane{log: log, lockPath: filepath.Join(cfg.StateDir, LockFile), runner: r, backend: b, maxStateAge: maxAge}
+	return &Dataplane{log: log, lockPath: filepath.Join(cfg.StateDir, LockFile), runner: r, backend: b,
+		flows: netlinkFlows{}, maxStateAge: maxAge}
 }
 
 // locked runs fn holding the exclusive state lock, waiting for it as long

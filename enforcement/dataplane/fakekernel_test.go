@@ -60,7 +60,17 @@ func newFakeKernel() *fakeKernel {
 
 // newFakeDataplane is a dataplane writing into k.
 func newFakeDataplane(k *fakeKernel, stateDir string) *Dataplane {
-	return newDataplane(Config{StateDir: stateDir}, nil, k, backendNFT)
+	d := newDataplane(Config{StateDir: stateDir}, nil, k, backendNFT)
+	d.flows = k
+	return d
+}
+
+// clearEpochs records a conntrack sweep as a call named "conntrack".
+func (k *fakeKernel) clearEpochs(f ruleset.Family, keep uint32) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls = append(k.calls, fakeCall{name: "conntrack", args: []string{f.String(), "keep", strconv.Itoa(int(keep))}})
+	return 0, nil
 }
 
 type doneProcess struct {
@@ -190,7 +200,7 @@ func argAfter(args []string, flag string) (string, bool) {
 	return args[i+1], true
 }
 
-var verdicts = []string{"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "LOG", "NFLOG"}
+var verdicts = []string{"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "CONNMARK", "LOG", "NFLOG"}
 
 func (k *fakeKernel) checkRule(t *fakeTable, args []string) error {
 	if target, ok := argAfter(args, "-j"); ok && !slices.Contains(verdicts, target) {
@@ -347,7 +357,7 @@ func (k *fakeKernel) writes(i int) []fakeCall {
 	defer k.mu.Unlock()
 	var out []fakeCall
 	for _, c := range k.calls[i:] {
-		if strings.HasSuffix(c.name, "-restore") || (c.name == "ipset" && c.args[0] == "restore") {
+		if strings.HasSuffix(c.name, "-restore") || (c.name == "ipset" && c.args[0] == "restore") || c.name == "conntrack" {
 			out = append(out, c)
 		}
 	}

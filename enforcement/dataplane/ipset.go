@@ -61,6 +61,9 @@ type setPlan struct {
 	destroy               []string // after the rules
 	changed               []string // sets created or changed
 	created, added, dropd int
+	// narrowed counts the lines that make an existing set match fewer
+	// addresses.
+	narrowed int
 }
 
 // holdsExactly reports whether the set holds members and nothing else.
@@ -109,6 +112,9 @@ func planSets(desired []ruleset.IPSet, kernel map[string]*kernelSet) (*setPlan, 
 		// the rules that will use it.
 		place := func(op, member, line string) {
 			if isNew || shrinks(op, member) {
+				if !isNew {
+					p.narrowed++
+				}
 				p.script = append(p.script, line)
 			} else {
 				p.grow = append(p.grow, line)

@@ -26,10 +26,77 @@ const (
 	// against it.
 	chainMisaddressed = chainPrefix + "MISADDRESSED"
 
+	// chainAdmit accepts what podwall's chains let through, recording in
+	// the connection that it was judged under the current policy epoch.
+	chainAdmit = chainPrefix + "ADMIT"
+	// chainJudged records the current policy epoch in the connection's
+	// mark, and returns. It holds that one rule.
+	chainJudged = chainPrefix + "JUDGED"
+
 	// markEgressPassed is set once a packet passed its source pod's egress
 	// policy; PODWALL-FORWARD accepts it when no local pod's ingress claims it.
 	markEgressPassed = "0x100000/0x100000"
 )
+
+// Policy epochs. A connection admitted once is not admitted for ever: its
+// conntrack entry carries, in the bits epochMask of its mark, the epoch of
+// the policy it was judged under, and only packets of the epoch in force
+// skip the chains. Every write of podwall's chains or sets starts a new
+// epoch, in the same transaction, so the next packet a connection sends
+// in its original direction is judged again by the chains now in the
+// kernel: a flow that the new policy denies stops, including a new UDP
+// socket that reuses the 5-tuple of an entry admitted earlier. Replies
+// still pass on the entry: they answer a packet that was admitted.
+//
+// The bits do not overlap markEgressPassed, so that a CONNMARK
+// --restore-mark elsewhere cannot forge a pass.
+const (
+	epochMask  uint32 = 0xffe00000
+	epochShift        = 21
+	maxEpoch   uint32 = epochMask >> epochShift
+)
+
+// epochMark is the mark/mask of an epoch as iptables-save prints it.
+func epochMark(epoch uint32) string {
+	return fmt.Sprintf("0x%x/0x%x", epoch<<epochShift, epochMask)
+}
+
+// nextEpoch follows after; it wraps to 1 past maxEpoch (0 is no epoch:
+// connections never judged under one).
+func nextEpoch(after uint32) uint32 {
+	if after >= maxEpoch {
+		return 1
+	}
+	return after + 1
+}
+
+// epochRules are the rules that name the epoch, by chain: the shortcut of
+// PODWALL-FORWARD and PODWALL-INPUT for connections judged under it, and
+// the mark of PODWALL-JUDGED. They are the only rules that change when an
+// epoch starts.
+func epochRules(epoch uint32) map[string]ruleset.Rule {
+	shortcut := func(target string) ruleset.Rule {
+		return ruleset.Rule{"-m", "conntrack", "--ctstate", "ESTABLISHED", "-m", "connmark", "--mark", epochMark(epoch),
+			"-m", "comment", "--comment", "podwall: established, judged under the current policy", "-j", target}
+	}
+	return map[string]ruleset.Rule{
+		chainForward: shortcut("ACCEPT"),
+		chainInput:   shortcut("RETURN"),
+		chainJudged:  {"-m", "comment", "--comment", "podwall: judged under the current policy", "-j", "CONNMARK", "--set-xmark", epochMark(epoch)},
+	}
+}
+
+// epochChains are the chains that hold an epoch rule, in the order their
+// rules are written.
+var epochChains = []string{chainForward, chainInput, chainJudged}
+
+// epochRulePosition is where an epoch rule sits in its chain (1-based).
+func epochRulePosition(chain string) int {
+	if chain == chainJudged {
+		return 1
+	}
+	return 3
+}
 
 func fromPodChain(key string) string { return chainPrefix + "F-" + key }
 func toPodChain(key string) string   { return chainPrefix + "T-" + key }
@@ -47,12 +114,14 @@ var baseJumps = []struct {
 	{"INPUT", []string{"-m", "comment", "--comment", "podwall: pod traffic to the node", "-j", chainInput}},
 }
 
-// baseChains are created once; PODWALL-FORWARD and PODWALL-INPUT hold no
-// pod rules and are rewritten whole when they differ from this, the others
-// only get what is missing. Established traffic is accepted before
-// anything else: it is most packets, and it should cost one rule.
-func baseChains(f ruleset.Family) []baseChain {
+// baseChains are created once; PODWALL-FORWARD, PODWALL-INPUT and
+// PODWALL-JUDGED hold no pod rules and are rewritten whole when they
+// differ from this, the others only get what is missing. Replies and
+// connections judged under the current epoch are accepted before anything
+// else: they are most packets, and they should cost a rule or two.
+func baseChains(f ruleset.Family, epoch uint32) []baseChain {
 	notClaimed := notClaimedRule()
+	epochal := epochRules(epoch)
 	// Neighbour discovery is link-local and comes from link-local or
 	// unspecified sources, which no dispatch rule names; without it IPv6
 	// does not work at all.
@@ -62,21 +131,29 @@ func baseChains(f ruleset.Family) []baseChain {
 	}
 	return []baseChain{
 		{chainForward, []ruleset.Rule{
-			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "podwall: established", "-j", "ACCEPT"},
+			{"-m", "conntrack", "--ctstate", "RELATED", "-m", "comment", "--comment", "podwall: related to an admitted connection", "-j", "ACCEPT"},
+			{"-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-m", "comment", "--comment", "podwall: reply of an admitted connection", "-j", "ACCEPT"},
+			epochal[chainForward],
 			{"-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "podwall: drop invalid", "-j", "DROP"},
 			{"-j", chainEgress},
 			notClaimed,
 			{"-j", chainIngress},
 			{"-j", chainMisaddressed},
-			{"-m", "mark", "--mark", markEgressPassed, "-m", "comment", "--comment", "podwall: egress allowed, destination not a local pod", "-j", "ACCEPT"},
+			{"-m", "mark", "--mark", markEgressPassed, "-m", "comment", "--comment", "podwall: egress allowed, destination not a local pod", "-j", chainAdmit},
+			{"-m", "comment", "--comment", "podwall: no local pod involved", "-j", chainJudged},
 		}},
 		// Node -> pod is OUTPUT and never filtered (kubelet probes); pod ->
 		// node passes the pod's egress policy here.
 		{chainInput, []ruleset.Rule{
-			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
+			{"-m", "conntrack", "--ctstate", "RELATED", "-j", "RETURN"},
+			{"-m", "conntrack", "--ctstate", "ESTABLISHED", "--ctdir", "REPLY", "-j", "RETURN"},
+			epochal[chainInput],
 			{"-j", chainEgress},
 			notClaimed,
+			{"-j", chainJudged},
 		}},
+		{chainJudged, []ruleset.Rule{epochal[chainJudged]}},
+		{chainAdmit, []ruleset.Rule{{"-j", chainJudged}, {"-j", "ACCEPT"}}},
 		{chainEgress, nil},
 		{chainIngress, nil},
 		{chainAntispoof, antispoof},
@@ -98,7 +175,9 @@ type baseChain struct {
 
 // rewrittenWhole says whether a base chain holds only base rules, so that
 // it can be replaced when its content is not the current one.
-func rewrittenWhole(name string) bool { return name == chainForward || name == chainInput }
+func rewrittenWhole(name string) bool {
+	return name == chainForward || name == chainInput || name == chainJudged || name == chainAdmit
+}
 
 // familyIPs returns the pod's addresses of one family.
 func familyIPs(p Pod, f ruleset.Family) []netip.Addr {
@@ -284,7 +363,7 @@ func toPodRules(p Pod, f ruleset.Family) []ruleset.Rule {
 		rules = append(rules, neighbourDiscovery("", "ACCEPT")...)
 	}
 	in, _ := policyChains(p.Key)
-	return append(rules, ruleset.Rule{"-j", in}, ruleset.Rule{"-j", "ACCEPT"})
+	return append(rules, ruleset.Rule{"-j", in}, ruleset.Rule{"-j", chainAdmit})
 }
 
 func defaultDenyRule(p Pod) []string {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/podwall/podwall/enforcement/ruleset"
@@ -23,8 +24,15 @@ type applyPlan struct {
 	setsAfter []string
 	// destroy removes the sets no rule uses any more, last.
 	destroy []string
-	next    *kernelState
-	stats   ApplyStats
+	// sweep: the epoch rules are written anew or the epoch wraps, so a
+	// connection may carry the epoch that starts. The epoch bits of every
+	// connection are cleared before the rules are written, and those of
+	// any other epoch than the new one after (see execute).
+	sweep bool
+	// setsNarrowed: an existing set is to match fewer addresses.
+	setsNarrowed bool
+	next         *kernelState
+	stats        ApplyStats
 }
 
 // planApply plans the writes that make the kernel hold t, given that it
@@ -82,6 +90,7 @@ func planApply(st *kernelState, t Target, log *slog.Logger) (*applyPlan, error) 
 	}
 
 	p := &applyPlan{scripts: map[ruleset.Family]*script{}, next: &kernelState{readAt: st.readAt, tables: map[ruleset.Family]*tableState{}}}
+	fresh := map[ruleset.Family]bool{}
 	for _, f := range ruleset.Families() {
 		cur := st.tables[f]
 		if cur == nil {
@@ -91,7 +100,10 @@ func planApply(st *kernelState, t Target, log *slog.Logger) (*applyPlan, error) 
 		s := &script{}
 		fp := familyPlan{ts: ts, s: s, stats: &p.stats, policy: policy[f], f: f}
 		fp.remove(t.Remove)
-		fp.base(len(t.Pods) > 0)
+		if fp.base(len(t.Pods) > 0) {
+			fresh[f] = true
+			p.sweep = true
+		}
 		fp.bridges(t.Pods)
 		for i, pod := range t.Pods {
 			fp.pod(pod, layouts[f][i])
@@ -110,7 +122,58 @@ func planApply(st *kernelState, t Target, log *slog.Logger) (*applyPlan, error) 
 		}
 	}
 	p.stats.PodsRemoved = len(t.Remove)
+	p.startEpoch(fresh)
 	return p, nil
+}
+
+// startEpoch makes a change that may deny what the kernel admits now
+// start a new policy epoch in each family whose base chains stay, in the
+// same transaction as the change: every connection is then judged again,
+// by its next packet, against what the kernel holds then. Families whose
+// epoch rules this plan writes anew have a new epoch already.
+//
+// A change that only adds (a new pod's chains and dispatch, members that
+// sets gain, rules inserted ahead of a fresh chain's default deny) denies
+// nothing that was admitted, and keeps a new pod's write add-only: a
+// deletion in the transaction would cost the ADD path an RCU grace
+// period. A connection to a new pod's address admitted before the pod had
+// it went through a removal or a narrowing since, which started an epoch.
+func (p *applyPlan) startEpoch(fresh map[ruleset.Family]bool) {
+	if !p.narrows() {
+		return
+	}
+	for _, f := range ruleset.Families() {
+		ts := p.next.tables[f]
+		if fresh[f] || ts.epoch == 0 {
+			continue
+		}
+		old, next := ts.epoch, nextEpoch(ts.epoch)
+		oldRules, nextRules := epochRules(old), epochRules(next)
+		s := p.scripts[f]
+		for _, chain := range epochChains {
+			// Deleting the old rule by its spelling fails the whole
+			// transaction when the kernel names another epoch: a writer
+			// planning from a stale memory would otherwise reuse one.
+			s.delete(chain, quoteArgs(oldRules[chain]))
+			s.rule("-I", chain+" "+strconv.Itoa(epochRulePosition(chain)), nextRules[chain])
+		}
+		ts.epoch, ts.epochSeen = next, next
+		if next < old {
+			p.sweep = true
+		}
+	}
+}
+
+// narrows reports a plan that may deny what the kernel admits now: it
+// deletes, flushes or removes something, or an existing set loses
+// addresses.
+func (p *applyPlan) narrows() bool {
+	for _, s := range p.scripts {
+		if len(s.deletes) > 0 || len(s.decls) > 0 || len(s.removes) > 0 {
+			return true
+		}
+	}
+	return p.setsNarrowed
 }
 
 // empty reports a plan that writes nothing.
@@ -156,13 +219,24 @@ func (fp *familyPlan) remove(keys []string) {
 
 // base keeps the base chains and jumps while pods have chains, and removes
 // them with the last one, so that a node without pods holds nothing of
-// podwall.
-func (fp *familyPlan) base(addingPods bool) {
+// podwall. It reports whether it writes the epoch rules anew: then under
+// an epoch above any the kernel named, since a connection may carry it.
+func (fp *familyPlan) base(addingPods bool) (newEpoch bool) {
 	ts := fp.ts
 	if addingPods || ts.hasPodChains() {
-		for _, c := range baseChains(fp.f) {
+		for _, c := range baseChains(fp.f, 0) {
+			if _, exists := ts.chains[c.name]; rewrittenWhole(c.name) && (!exists || !ts.baseCurrent[c.name]) {
+				newEpoch = true
+			}
+		}
+		epoch := ts.epoch
+		if newEpoch {
+			epoch = nextEpoch(ts.epochSeen)
+			ts.epoch, ts.epochSeen = epoch, epoch
+		}
+		for _, c := range baseChains(fp.f, epoch) {
 			_, exists := ts.chains[c.name]
-			if exists && (!rewrittenWhole(c.name) || ts.baseCurrent[c.name]) {
+			if exists && !(newEpoch && rewrittenWhole(c.name)) {
 				continue
 			}
 			// Chains holding dispatch rules are declared only when they
@@ -182,7 +256,7 @@ func (fp *familyPlan) base(addingPods bool) {
 				ts.jumps[j.builtin] = []string{quoteArgs(j.args)}
 			}
 		}
-		return
+		return newEpoch
 	}
 	for _, j := range baseJumps {
 		for _, r := range ts.jumps[j.builtin] {
@@ -194,6 +268,7 @@ func (fp *familyPlan) base(addingPods bool) {
 		fp.s.remove(name)
 	}
 	*ts = *newTableState()
+	return false
 }
 
 // bridges covers the bridges of the pods wanted and of the pods the table
@@ -362,6 +437,7 @@ func (p *applyPlan) planSets(desired []ruleset.IPSet, kernel map[string]*kernelS
 	}
 	slices.Sort(p.destroy)
 	p.setsBefore, p.setsAfter = sp.script, sp.grow
+	p.setsNarrowed = sp.narrowed > 0
 	p.stats.SetsCreated, p.stats.EntriesAdded, p.stats.EntriesDeleted = sp.created, sp.added, sp.dropd
 	p.stats.SetsDestroyed = len(p.destroy)
 

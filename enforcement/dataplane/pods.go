@@ -141,7 +141,7 @@ func (d *Dataplane) CheckPod(ctx context.Context, p Pod) error {
 			return fmt.Errorf("%s: %w", f, err)
 		}
 		var missing []string
-		for _, c := range slices.Concat([]string{chainForward, chainInput, chainEgress, chainAntispoof, chainIngress, chainMisaddressed}, podChainNames(p.Key)) {
+		for _, c := range slices.Concat([]string{chainForward, chainInput, chainJudged, chainAdmit, chainEgress, chainAntispoof, chainIngress, chainMisaddressed}, podChainNames(p.Key)) {
 			ok, err := ipt.ChainExists("filter", c)
 			if err != nil {
 				return fmt.Errorf("%s: listing chain %s: %w", f, c, err)

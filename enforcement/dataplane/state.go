@@ -3,8 +3,11 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,9 +43,13 @@ type tableState struct {
 	// jumps holds the jump rules from the built-in chains into ours, as
 	// saved, by built-in chain.
 	jumps map[string][]string
-	// baseCurrent: PODWALL-FORWARD and PODWALL-INPUT hold this layout's
-	// rules.
+	// baseCurrent: the chains rewritten whole (rewrittenWhole) hold this
+	// layout's rules.
 	baseCurrent map[string]bool
+	// epoch is the policy epoch that the epoch rules name, 0 unless they
+	// all exist and name the same one; epochSeen is the highest any of
+	// them names.
+	epoch, epochSeen uint32
 }
 
 func newTableState() *tableState {
@@ -199,12 +206,49 @@ func tableStateOf(t *table, f ruleset.Family) *tableState {
 			}
 		}
 	}
-	for _, c := range baseChains(f) {
+	ts.epoch, ts.epochSeen = epochOf(t)
+	for _, c := range baseChains(f, ts.epoch) {
 		if rewrittenWhole(c.name) && t.has(c.name) {
-			ts.baseCurrent[c.name] = sameRules(t.rules(c.name), c.rules)
+			ts.baseCurrent[c.name] = ts.epoch != 0 && sameRules(t.rules(c.name), c.rules)
 		}
 	}
 	return ts
+}
+
+var epochMarkRE = regexp.MustCompile(`--(?:mark|set-xmark) (0x[0-9a-f]+)/` + fmt.Sprintf("0x%x", epochMask) + `\b`)
+
+// epochOf reads the epoch that the epoch rules name, 0 unless each chain
+// has exactly one and they agree, and the highest epoch any rule names.
+func epochOf(t *table) (current, seen uint32) {
+	consistent := true
+	for _, chain := range epochChains {
+		found := 0
+		for _, r := range t.rules(chain) {
+			m := epochMarkRE.FindStringSubmatch(r)
+			if m == nil {
+				continue
+			}
+			v, err := strconv.ParseUint(m[1], 0, 32)
+			if err != nil || uint32(v)&^epochMask != 0 {
+				consistent = false
+				continue
+			}
+			e := uint32(v) >> epochShift
+			seen = max(seen, e)
+			if found++; current == 0 {
+				current = e
+			} else if e != current {
+				consistent = false
+			}
+		}
+		if found != 1 {
+			consistent = false
+		}
+	}
+	if !consistent {
+		return 0, seen
+	}
+	return current, seen
 }
 
 func chainStates(t *table) map[string]chainState {
@@ -253,7 +297,7 @@ func isJumpTo(chain string) func(string) bool {
 
 func isBaseChain(name string) bool {
 	switch name {
-	case chainForward, chainInput, chainEgress, chainIngress, chainAntispoof, chainMisaddressed:
+	case chainForward, chainInput, chainJudged, chainAdmit, chainEgress, chainIngress, chainAntispoof, chainMisaddressed:
 		return true
 	}
 	return false
@@ -263,7 +307,8 @@ func isBaseChain(name string) bool {
 // never changes the original.
 func (ts *tableState) clone() *tableState {
 	c := &tableState{chains: maps.Clone(ts.chains), dispatch: map[string]map[string][]string{}, pods: maps.Clone(ts.pods),
-		bridges: maps.Clone(ts.bridges), jumps: maps.Clone(ts.jumps), baseCurrent: maps.Clone(ts.baseCurrent)}
+		bridges: maps.Clone(ts.bridges), jumps: maps.Clone(ts.jumps), baseCurrent: maps.Clone(ts.baseCurrent),
+		epoch: ts.epoch, epochSeen: ts.epochSeen}
 	for chain, byKey := range ts.dispatch {
 		c.dispatch[chain] = maps.Clone(byKey)
 	}
