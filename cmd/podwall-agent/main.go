@@ -21,6 +21,6 @@ func main() {
 	os.Exit(code)
 }
 
-func newKernelDataplane(stateDir string, log *slog.Logger) (agent.Dataplane, error) {
-	return dataplane.New(dataplane.Config{StateDir: stateDir}, log)
+func newKernelDataplane(cfg dataplane.Config, log *slog.Logger) (agent.Dataplane, error) {
+	return dataplane.New(cfg, log)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/podwall/podwall/enforcement/agent"
+	"github.com/podwall/podwall/enforcement/dataplane"
 	"github.com/podwall/podwall/enforcement/nodecidrs"
 	"github.com/podwall/podwall/enforcement/policy"
 	"github.com/podwall/podwall/enforcement/source"
@@ -43,6 +44,12 @@ type options struct {
 	podCIDRsFile   string
 	podCIDRsCheck  time.Duration
 	metricsAddress string
+
+	// How often the agent reads the attachments back from the kernel and
+	// checks the base jumps, and how long the dataplane trusts its memory
+	// of the kernel: positive, by default 30s, 5s and 30s. Tests shorten
+	// them to cross several periods in seconds.
+	kernelRefresh, baseCheck, maxStateAge time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, int) {
@@ -59,6 +66,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.DurationVar(&o.podCIDRsCheck, "pod-cidrs-check-interval", nodecidrs.DefaultInterval, "Kubernetes mode: how often the node's routes are checked against its pod CIDRs")
 	fs.StringVar(&o.metricsAddress, "metrics-bind-address", "", "also serve GET /metrics on this TCP address (host:port); the socket always serves it")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.kernelRefresh, "kernel-refresh-interval", agent.DefaultKernelRefresh, "how often the pods' attachments are read back from the kernel, to catch reports the agent missed")
+	fs.DurationVar(&o.baseCheck, "base-check-interval", agent.DefaultBaseCheck, "how often the jumps into podwall's chains are checked and restored")
+	fs.DurationVar(&o.maxStateAge, "max-state-age", dataplane.DefaultMaxStateAge, "how long the dataplane trusts its memory of the kernel before reading the tables back")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: podwall-agent --policy-dir DIR --socket PATH --default-policy deny|kubernetes [--node-name NAME] [--log-level LEVEL]")
 		fmt.Fprintln(fs.Output(), "       podwall-agent [--kubeconfig FILE] --node-name NAME --socket PATH --default-policy deny|kubernetes [--pod-cidrs-file FILE] [--metrics-bind-address ADDR] [--log-level LEVEL]")
@@ -105,6 +115,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	if o.socket == "" {
 		return usageErr("--socket is required")
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--kernel-refresh-interval", o.kernelRefresh}, {"--base-check-interval", o.baseCheck}, {"--max-state-age", o.maxStateAge}} {
+		if d.v <= 0 {
+			return usageErr("%s must be a positive duration, not %v", d.name, d.v)
+		}
+	}
 	// deny is the product's promise; kubernetes is the API's semantics.
 	if mode != string(policy.ModeDeny) && mode != string(policy.ModeKubernetes) {
 		return usageErr("--default-policy must be deny or kubernetes, not %q", mode)
@@ -119,7 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 // run runs the agent until ctx ends. newDataplane is the kernel layer, or
 // a fake in tests.
 func run(ctx context.Context, args []string, stderr io.Writer,
-	newDataplane func(stateDir string, log *slog.Logger) (agent.Dataplane, error)) int {
+	newDataplane func(cfg dataplane.Config, log *slog.Logger) (agent.Dataplane, error)) int {
 	o, code := parseFlags(args, stderr)
 	if o == nil {
 		return code
@@ -133,7 +151,7 @@ func run(ctx context.Context, args []string, stderr io.Writer,
 }
 
 func serve(ctx context.Context, o *options, log *slog.Logger,
-	newDataplane func(stateDir string, log *slog.Logger) (agent.Dataplane, error)) error {
+	newDataplane func(cfg dataplane.Config, log *slog.Logger) (agent.Dataplane, error)) error {
 	socket, err := filepath.Abs(o.socket)
 	if err != nil {
 		return fmt.Errorf("--socket: %w", err)
@@ -159,11 +177,12 @@ func serve(ctx context.Context, o *options, log *slog.Logger,
 		}
 		src = dir
 	}
-	dp, err := newDataplane(filepath.Dir(socket), log.With("component", "dataplane"))
+	dp, err := newDataplane(dataplane.Config{StateDir: filepath.Dir(socket), MaxStateAge: o.maxStateAge}, log.With("component", "dataplane"))
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	ag, err := agent.New(agent.Config{Source: src, Dataplane: dp, Mode: o.mode, Node: o.node, Log: log})
+	ag, err := agent.New(agent.Config{Source: src, Dataplane: dp, Mode: o.mode, Node: o.node, Log: log,
+		KernelRefresh: o.kernelRefresh, BaseCheck: o.baseCheck})
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,10 @@ func TestFlags(t *testing.T) {
 		{[]string{"--policy-dir", dir, "--socket", "/x", "--default-policy", "deny", "--log-level", "loud"}, "--log-level"},
 		{[]string{"--policy-dir", dir, "--socket", "/x", "--default-policy", "deny", "extra"}, `unexpected argument "extra"`},
 		{[]string{"--frob"}, "flag provided but not defined"},
+		{[]string{"--policy-dir", dir, "--socket", "/x", "--kernel-refresh-interval", "0"}, "--kernel-refresh-interval must be a positive duration, not 0s"},
+		{[]string{"--policy-dir", dir, "--socket", "/x", "--base-check-interval", "-1s"}, "--base-check-interval must be a positive duration, not -1s"},
+		{[]string{"--policy-dir", dir, "--socket", "/x", "--max-state-age", "0s"}, "--max-state-age must be a positive duration, not 0s"},
+		{[]string{"--policy-dir", dir, "--socket", "/x", "--max-state-age", "soon"}, `invalid value "soon" for flag -max-state-age`},
 	}
 	for _, tc := range tests {
 		var stderr bytes.Buffer
@@ -63,13 +67,33 @@ func TestFlags(t *testing.T) {
 	}
 }
 
+func TestPeriodFlags(t *testing.T) {
+	dir := t.TempDir()
+	var stderr bytes.Buffer
+	o, _ := parseFlags([]string{"--policy-dir", dir, "--socket", "/x"}, &stderr)
+	if o == nil {
+		t.Fatalf("defaults: %s", stderr.String())
+	}
+	if o.kernelRefresh != agent.DefaultKernelRefresh || o.baseCheck != agent.DefaultBaseCheck || o.maxStateAge != dataplane.DefaultMaxStateAge {
+		t.Errorf("defaults: %v %v %v", o.kernelRefresh, o.baseCheck, o.maxStateAge)
+	}
+	o, _ = parseFlags([]string{"--policy-dir", dir, "--socket", "/x",
+		"--kernel-refresh-interval", "300ms", "--base-check-interval", "200ms", "--max-state-age", "400ms"}, &stderr)
+	if o == nil {
+		t.Fatalf("set: %s", stderr.String())
+	}
+	if o.kernelRefresh != 300*time.Millisecond || o.baseCheck != 200*time.Millisecond || o.maxStateAge != 400*time.Millisecond {
+		t.Errorf("set: %v %v %v", o.kernelRefresh, o.baseCheck, o.maxStateAge)
+	}
+}
+
 func TestAgentServesAndStopsCleanly(t *testing.T) {
 	policies := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "podwall", "agent.sock")
 	dp := &fakeDataplane{}
-	var stateDir string
-	newDP := func(dir string, _ *slog.Logger) (agent.Dataplane, error) {
-		stateDir = dir
+	var dpCfg dataplane.Config
+	newDP := func(cfg dataplane.Config, _ *slog.Logger) (agent.Dataplane, error) {
+		dpCfg = cfg
 		return dp, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -77,7 +101,7 @@ func TestAgentServesAndStopsCleanly(t *testing.T) {
 	var stderr safeBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--policy-dir", policies, "--socket", sock, "--default-policy", "kubernetes", "--node-name", "n1"}, &stderr, newDP)
+		done <- run(ctx, []string{"--policy-dir", policies, "--socket", sock, "--default-policy", "kubernetes", "--node-name", "n1", "--max-state-age", "750ms"}, &stderr, newDP)
 	}()
 
 	c := agentapi.NewClient(sock)
@@ -93,8 +117,11 @@ func TestAgentServesAndStopsCleanly(t *testing.T) {
 	if !st.Ready || st.Mode != "kubernetes" {
 		t.Errorf("status %+v", st)
 	}
-	if stateDir != filepath.Dir(sock) {
-		t.Errorf("dataplane state dir %q, want the socket's directory", stateDir)
+	if dpCfg.StateDir != filepath.Dir(sock) {
+		t.Errorf("dataplane state dir %q, want the socket's directory", dpCfg.StateDir)
+	}
+	if dpCfg.MaxStateAge != 750*time.Millisecond {
+		t.Errorf("dataplane max state age %v, want --max-state-age's 750ms", dpCfg.MaxStateAge)
 	}
 	if err := os.WriteFile(filepath.Join(policies, "p.yaml"), []byte("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -36,14 +36,22 @@ type Config struct {
 	// Zero means 100ms and 10s.
 	RetryMin, RetryMax time.Duration
 	// KernelRefresh is how often the attachments are read back from the
-	// kernel, to catch reports the agent missed. Zero means 30s.
+	// kernel, to catch reports the agent missed. Zero means
+	// DefaultKernelRefresh.
 	KernelRefresh time.Duration
 	// BaseCheck is how often the jumps into podwall's chains are checked
-	// (and restored: without them no pod is enforced). Zero means 5s.
+	// (and restored: without them no pod is enforced). Zero means
+	// DefaultBaseCheck.
 	BaseCheck time.Duration
 	// ApplyTimeout bounds one Apply. Zero means 1 minute.
 	ApplyTimeout time.Duration
 }
+
+// The defaults of Config.KernelRefresh and Config.BaseCheck.
+const (
+	DefaultKernelRefresh = 30 * time.Second
+	DefaultBaseCheck     = 5 * time.Second
+)
 
 // ErrStopped is returned to requests the agent cannot answer because it is
 // shutting down.
@@ -128,10 +136,10 @@ func New(cfg Config) (*Agent, error) {
 		cfg.RetryMax = max(10*time.Second, cfg.RetryMin)
 	}
 	if cfg.KernelRefresh <= 0 {
-		cfg.KernelRefresh = 30 * time.Second
+		cfg.KernelRefresh = DefaultKernelRefresh
 	}
 	if cfg.BaseCheck <= 0 {
-		cfg.BaseCheck = 5 * time.Second
+		cfg.BaseCheck = DefaultBaseCheck
 	}
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = time.Minute
