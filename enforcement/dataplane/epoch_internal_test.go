@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -35,30 +36,32 @@ func TestEpochStartsWithEveryNarrowingChange(t *testing.T) {
 		}
 	}
 
+	// The set is IPv4's: narrowing it starts an epoch in IPv4 only, whose
+	// connections are the only ones it may deny.
 	steps := []struct {
-		name      string
-		target    Target
-		wantEpoch uint32
+		name         string
+		target       Target
+		want4, want6 uint32
 	}{
-		{"a pod added", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9"}, a, b)}, 1},
-		{"a member added", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9", "10.0.0.8"}, a, b)}, 1},
-		{"nothing changed", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9", "10.0.0.8"}, a, b)}, 1},
-		{"a member gone", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.8"}, a, b)}, 2},
-		{"a pod removed", Target{Pods: []Pod{a}, Remove: []string{keyB}, Policy: desiredFor([]string{"10.0.0.8"}, a)}, 3},
+		{"a pod added", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9"}, a, b)}, 1, 1},
+		{"a member added", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9", "10.0.0.8"}, a, b)}, 1, 1},
+		{"nothing changed", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.9", "10.0.0.8"}, a, b)}, 1, 1},
+		{"a member gone", Target{Pods: []Pod{a, b}, Policy: desiredFor([]string{"10.0.0.8"}, a, b)}, 2, 1},
+		{"a pod removed", Target{Pods: []Pod{a}, Remove: []string{keyB}, Policy: desiredFor([]string{"10.0.0.8"}, a)}, 3, 2},
 	}
 	for _, s := range steps {
 		mark := k.mark()
 		mustApply(t, d, s.target)
-		for _, f := range ruleset.Families() {
-			if e := kernelEpoch(t, k, f); e != s.wantEpoch {
-				t.Errorf("%s: %s epoch %d, want %d", s.name, f, e, s.wantEpoch)
+		for f, want := range map[ruleset.Family]uint32{ruleset.IPv4: s.want4, ruleset.IPv6: s.want6} {
+			if e := kernelEpoch(t, k, f); e != want {
+				t.Errorf("%s: %s epoch %d, want %d", s.name, f, e, want)
 			}
 		}
 		for _, w := range k.writes(mark) {
 			if w.name == "conntrack" {
 				t.Errorf("%s: conntrack swept, only new epoch rules and wraps need it", s.name)
 			}
-			if s.wantEpoch == 1 && strings.Contains(w.stdin, "-D ") {
+			if s.want4 == 1 && strings.Contains(w.stdin, "-D ") {
 				t.Errorf("%s: %s deletes:\n%s", s.name, w.name, w.stdin)
 			}
 		}
@@ -107,12 +110,13 @@ func TestEpochWrapSweepsAround(t *testing.T) {
 	restores := slices.IndexFunc(got, func(c string) bool { return strings.HasPrefix(c, "iptables-nft-restore") })
 	if restores < 2 || restores+4 > len(got) ||
 		!slices.Equal(got[:2], []string{"conntrack IPv4 keep 0", "conntrack IPv6 keep 0"}) ||
-		!slices.Equal(got[restores+2:restores+4], []string{"conntrack IPv4 keep 1", "conntrack IPv6 keep 1"}) {
-		t.Errorf("wrap: writes %q, want sweeps keeping nothing first and epoch 1 right after the restores", got)
+		!slices.Equal(got[restores+1:restores+3], []string{"conntrack IPv4 keep 1", "conntrack IPv6 keep " + strconv.Itoa(int(maxEpoch))}) {
+		t.Errorf("wrap: writes %q, want sweeps keeping nothing first and each family's epoch right after the restore", got)
 	}
-	for _, f := range ruleset.Families() {
-		if e := kernelEpoch(t, k, f); e != 1 {
-			t.Errorf("%s: epoch %d after the wrap, want 1", f, e)
+	// Only IPv4's set narrowed: IPv6 keeps its epoch, and writes nothing.
+	for f, want := range map[ruleset.Family]uint32{ruleset.IPv4: 1, ruleset.IPv6: maxEpoch} {
+		if e := kernelEpoch(t, k, f); e != want {
+			t.Errorf("%s: epoch %d after the wrap, want %d", f, e, want)
 		}
 	}
 }

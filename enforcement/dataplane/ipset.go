@@ -61,9 +61,9 @@ type setPlan struct {
 	destroy               []string // after the rules
 	changed               []string // sets created or changed
 	created, added, dropd int
-	// narrowed counts the lines that make an existing set match fewer
-	// addresses.
-	narrowed int
+	// narrowed counts, by family, the lines that make an existing set
+	// match fewer addresses.
+	narrowed map[ruleset.Family]int
 }
 
 // holdsExactly reports whether the set holds members and nothing else.
@@ -92,7 +92,7 @@ func shrinks(op, member string) bool {
 // planSets diffs the desired sets against the kernel. Sets of the wrong
 // type are an error: a set's name is a hash that includes its kind.
 func planSets(desired []ruleset.IPSet, kernel map[string]*kernelSet) (*setPlan, error) {
-	p := &setPlan{}
+	p := &setPlan{narrowed: map[ruleset.Family]int{}}
 	want := map[string]bool{}
 	for _, ds := range desired {
 		want[ds.Name] = true
@@ -113,7 +113,7 @@ func planSets(desired []ruleset.IPSet, kernel map[string]*kernelSet) (*setPlan, 
 		place := func(op, member, line string) {
 			if isNew || shrinks(op, member) {
 				if !isNew {
-					p.narrowed++
+					p.narrowed[ds.Family]++
 				}
 				p.script = append(p.script, line)
 			} else {

@@ -29,8 +29,9 @@ type applyPlan struct {
 	// connection are cleared before the rules are written, and those of
 	// any other epoch than the new one after (see execute).
 	sweep bool
-	// setsNarrowed: an existing set is to match fewer addresses.
-	setsNarrowed bool
+	// setsNarrowed: an existing set of the family is to match fewer
+	// addresses.
+	setsNarrowed map[ruleset.Family]bool
 	next         *kernelState
 	stats        ApplyStats
 }
@@ -139,12 +140,9 @@ func planApply(st *kernelState, t Target, log *slog.Logger) (*applyPlan, error) 
 // period. A connection to a new pod's address admitted before the pod had
 // it went through a removal or a narrowing since, which started an epoch.
 func (p *applyPlan) startEpoch(fresh map[ruleset.Family]bool) {
-	if !p.narrows() {
-		return
-	}
 	for _, f := range ruleset.Families() {
 		ts := p.next.tables[f]
-		if fresh[f] || ts.epoch == 0 {
+		if fresh[f] || ts.epoch == 0 || !p.narrows(f) {
 			continue
 		}
 		old, next := ts.epoch, nextEpoch(ts.epoch)
@@ -164,16 +162,15 @@ func (p *applyPlan) startEpoch(fresh map[ruleset.Family]bool) {
 	}
 }
 
-// narrows reports a plan that may deny what the kernel admits now: it
-// deletes, flushes or removes something, or an existing set loses
-// addresses.
-func (p *applyPlan) narrows() bool {
-	for _, s := range p.scripts {
-		if len(s.deletes) > 0 || len(s.decls) > 0 || len(s.removes) > 0 {
-			return true
-		}
+// narrows reports a plan that may deny, in family f, what the kernel
+// admits now: it deletes, flushes or removes something of f's table, or
+// an existing set of f loses addresses. Conntrack entries are of one
+// family, so the other family's epoch may stay.
+func (p *applyPlan) narrows(f ruleset.Family) bool {
+	if s := p.scripts[f]; s != nil && (len(s.deletes) > 0 || len(s.decls) > 0 || len(s.removes) > 0) {
+		return true
 	}
-	return p.setsNarrowed
+	return p.setsNarrowed[f]
 }
 
 // empty reports a plan that writes nothing.
@@ -437,7 +434,10 @@ func (p *applyPlan) planSets(desired []ruleset.IPSet, kernel map[string]*kernelS
 	}
 	slices.Sort(p.destroy)
 	p.setsBefore, p.setsAfter = sp.script, sp.grow
-	p.setsNarrowed = sp.narrowed > 0
+	p.setsNarrowed = map[ruleset.Family]bool{}
+	for f, n := range sp.narrowed {
+		p.setsNarrowed[f] = n > 0
+	}
 	p.stats.SetsCreated, p.stats.EntriesAdded, p.stats.EntriesDeleted = sp.created, sp.added, sp.dropd
 	p.stats.SetsDestroyed = len(p.destroy)
 
